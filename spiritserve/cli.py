@@ -1,0 +1,52 @@
+"""Command line: `spiritserve serve` and `spiritserve make-tiny`.
+
+Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from spiritserve.server.app import build_app
+    from spiritserve.settings import Settings
+
+    overrides = {key: value for key, value in vars(args).items() if key in ("checkpoints", "host", "port") and value}
+    settings = Settings(**overrides)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _make_tiny(args: argparse.Namespace) -> None:
+    from spiritserve.checkpoints import make_tiny_bundle
+
+    make_tiny_bundle(args.out, seed=args.seed)
+    print(f"wrote a tiny base bundle to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="spiritserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="serve the REST API (no --checkpoints: SPIRITLM_CHECKPOINTS_DIR, else the embedded tiny bundle)"
+    )
+    serve.add_argument("--checkpoints", type=Path, help="Spirit LM checkpoint root in the official layout")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.set_defaults(run=_serve)
+
+    tiny = commands.add_parser("make-tiny", help="write a tiny random bundle in the official layout")
+    tiny.add_argument("--out", type=Path, required=True, help="checkpoint root to create")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_make_tiny)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Spirit LM hosted in vLLM's `AsyncLLM`: token-id prompts in, streamed token-id deltas out.
+
+The engine never sees strings: prompts are built and tokenized by `spiritserve.tokenizers.text` exactly as
+the reference does, so vLLM runs with `skip_tokenizer_init`. Output modality is forced with
+`allowed_token_ids` (a static mask, the reference's `bad_words_ids` inverted). Every request has a token
+budget and a wall-clock deadline, and is aborted in vLLM whenever its consumer stops listening.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spiritserve.errors import EngineUnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How vLLM is started. Defaults suit the 7B model on one GPU; the CPU values suit tiny test bundles."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    max_num_seqs: int = 64
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One generation: the prompt ids, what may be sampled, and when to stop."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    allowed_token_ids: list[int] | None
+    stop_token_ids: list[int] = field(default_factory=list)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """Tokens produced since the previous delta; `finish_reason` is set on the last one."""
+
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+class LanguageModelEngine:
+    """Owns one vLLM `AsyncLLM`. Create with `start()` inside the server's lifespan, close with `shutdown()`."""
+
+    def __init__(self, llm, model_path: Path) -> None:
+        self._llm = llm
+        self.model_path = model_path
+
+    @classmethod
+    def start(cls, model_path: Path, settings: EngineSettings) -> "LanguageModelEngine":
+        # vLLM is imported here, not at module level: importing spiritserve must stay cheap and side-effect free.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        args = AsyncEngineArgs(
+            model=str(model_path),
+            skip_tokenizer_init=True,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=settings.enforce_eager,
+            enable_prefix_caching=settings.enable_prefix_caching,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        logger.info("vLLM engine for %s started in %.1f s", model_path, time.perf_counter() - started)
+        return cls(llm, model_path)
+
+    @property
+    def is_healthy(self) -> bool:
+        return not self._llm.errored
+
+    async def stream(self, request: TokenRequest, request_id: str, timeout_s: float) -> AsyncIterator[TokenDelta]:
+        """Yield token deltas until the budget, a stop token or the deadline; abort in vLLM if abandoned.
+
+        A deadline ends the stream with finish_reason "timeout" and the tokens produced so far, rather
+        than an error: for speech, the audio generated until then is still worth returning.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._llm.errored:
+            raise EngineUnavailableError("the language-model engine has stopped; the server needs a restart")
+        params = SamplingParams(
+            max_tokens=request.max_tokens,
+            allowed_token_ids=request.allowed_token_ids,
+            stop_token_ids=request.stop_token_ids,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            seed=request.seed,
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        outputs = self._llm.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), params, request_id)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        finished = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        output = await anext(outputs)
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                except TimeoutError:
+                    logger.warning("request %s hit its %.1f s deadline; aborting", request_id, timeout_s)
+                    yield TokenDelta([], finish_reason="timeout")
+                    return
+                completion = output.outputs[0]
+                finished = output.finished
+                yield TokenDelta(list(completion.token_ids), completion.finish_reason if finished else None)
+                if finished:
+                    return
+        finally:
+            if not finished:
+                await self._llm.abort(request_id)
+            await outputs.aclose()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()

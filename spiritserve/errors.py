@@ -1,0 +1,43 @@
+"""One small exception hierarchy, mapped once to HTTP responses by the server."""
+
+
+class SpiritServeError(Exception):
+    """Base of every error spiritserve raises on purpose."""
+
+    status_code = 500
+
+
+class CheckpointError(SpiritServeError):
+    """A checkpoint file is missing, malformed, or does not match the architecture it claims."""
+
+
+class BadRequestError(SpiritServeError):
+    """The caller sent something we cannot serve (the message says what and why)."""
+
+    status_code = 422
+
+
+class BadAudioError(BadRequestError):
+    """The uploaded bytes are not decodable audio, or the audio is unusable (empty, too short)."""
+
+    status_code = 400
+
+
+class AudioTooLongError(BadRequestError):
+    status_code = 413
+
+
+class UnsupportedMediaTypeError(BadRequestError):
+    status_code = 415
+
+
+class EngineUnavailableError(SpiritServeError):
+    """The LM engine is not running (still starting, or dead)."""
+
+    status_code = 503
+
+
+class GenerationTimeoutError(SpiritServeError):
+    """A generation exceeded its wall-clock budget."""
+
+    status_code = 504

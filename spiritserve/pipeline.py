@@ -1,0 +1,241 @@
+"""One request's journey: audio → units → prompt ids → vLLM → text and units → audio.
+
+Model calls (HuBERT, quantizer, HiFi-GAN) run on one dedicated speech-worker thread so the event loop
+never blocks; the LM streams from vLLM. HTTP knows nothing of this module's internals: routes make one
+call here and map the result.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from spiritserve.checkpoints import SpiritCheckpoint
+from spiritserve.engine.engine import LanguageModelEngine, TokenRequest
+from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
+from spiritserve.errors import BadAudioError, BadRequestError
+from spiritserve.tokenizers.phonetic import PhoneticTokenizer
+from spiritserve.tokens import (
+    TEXT_MARKER,
+    Modality,
+    OutputModality,
+    PromptSegment,
+    build_prompt,
+    hubert_string,
+)
+from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    """Text, or speech given either as 16 kHz audio or as an already tokenized unit string."""
+
+    modality: Modality
+    text: str = ""
+    audio: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Reference sampling defaults (temperature 0.8, top-p 0.95); temperature 0 means greedy."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int | None = None
+    max_new_tokens: int | None = None  # unset: from max_speech_seconds for speech, the text default otherwise
+    max_speech_seconds: float | None = None
+    speaker: int | None = None
+    style: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSegment:
+    modality: Modality
+    text: str = ""
+    units: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    segments: list[OutputSegment]
+    audio: VocoderOutput | None
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str
+
+    @property
+    def text(self) -> str:
+        return "".join(segment.text for segment in self.segments)
+
+    @property
+    def units(self) -> list[int]:
+        return [unit for segment in self.segments for unit in segment.units]
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    default_speech_seconds: float
+    max_speech_seconds: float
+    default_text_tokens: int
+    generation_timeout_s: float
+    max_model_len: int
+
+
+class SpiritPipeline:
+    def __init__(
+        self,
+        checkpoint: SpiritCheckpoint,
+        phonetic: PhoneticTokenizer,
+        vocoder: UnitVocoder,
+        engine: LanguageModelEngine,
+        limits: PipelineLimits,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.tokenizer = checkpoint.language_model.tokenizer
+        self.phonetic = phonetic
+        self.vocoder = vocoder
+        self.engine = engine
+        self.limits = limits
+        self._speech_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speech-worker")
+
+    async def _on_speech_worker(self, function: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._speech_worker, function, *args)
+
+    async def tokenize(self, audio: np.ndarray) -> list[int]:
+        """16 kHz mono audio → undeduplicated 25 Hz HuBERT units."""
+        (units,) = await self._on_speech_worker(self.phonetic.encode, [audio])
+        if not units:
+            raise BadAudioError("the audio is too short to yield any speech unit (at least 80 ms is needed)")
+        return units
+
+    async def synthesize(
+        self, units: list[int], speaker: int | None, style: int | None, predict_durations: bool = True
+    ) -> VocoderOutput:
+        speaker = self.vocoder.default_speaker if speaker is None else speaker
+        try:
+            return await self._on_speech_worker(self.vocoder.decode, units, speaker, style, predict_durations)
+        except ValueError as exc:  # out-of-range speaker, style or unit: the caller's values
+            raise BadRequestError(str(exc)) from exc
+
+    async def _prompt_segment(self, item: GenerationInput) -> PromptSegment:
+        if item.modality == Modality.TEXT or item.audio is None:
+            return PromptSegment(item.modality, item.text)
+        return PromptSegment(Modality.SPEECH, hubert_string(await self.tokenize(item.audio)))
+
+    def _token_budget(self, output: OutputModality, options: SamplingOptions, prompt_tokens: int) -> int:
+        if options.max_speech_seconds is not None and options.max_speech_seconds > self.limits.max_speech_seconds:
+            raise BadRequestError(
+                f"max_speech_seconds {options.max_speech_seconds:g} exceeds the server limit of "
+                f"{self.limits.max_speech_seconds:g} s"
+            )
+        if options.max_new_tokens is not None:
+            budget = options.max_new_tokens
+        elif output == OutputModality.TEXT:
+            budget = self.limits.default_text_tokens
+        else:
+            budget = speech_token_budget(options.max_speech_seconds or self.limits.default_speech_seconds)
+        if output != OutputModality.TEXT:
+            budget = min(budget, speech_token_budget(options.max_speech_seconds or self.limits.max_speech_seconds))
+        room = self.limits.max_model_len - prompt_tokens
+        if room <= 0:
+            raise BadRequestError(
+                f"the prompt is {prompt_tokens} tokens long; the model's context holds {self.limits.max_model_len}"
+            )
+        return min(budget, room)
+
+    def _split_output(self, token_ids: list[int], output: OutputModality) -> list[OutputSegment]:
+        """Generated ids → alternating text and speech segments; markers switch, units become Hu numbers."""
+        current = Modality.SPEECH if output == OutputModality.SPEECH else Modality.TEXT
+        segments: list[OutputSegment] = []
+        text_ids: list[int] = []
+        units: list[int] = []
+
+        def close() -> None:
+            if current == Modality.TEXT and text_ids:
+                segments.append(OutputSegment(Modality.TEXT, text=self.tokenizer.decode_text(text_ids)))
+            if current == Modality.SPEECH and units:
+                segments.append(OutputSegment(Modality.SPEECH, units=list(units)))
+            text_ids.clear()
+            units.clear()
+
+        def switch(modality: Modality) -> None:
+            nonlocal current
+            if modality != current:
+                close()
+                current = modality
+
+        for token_id in token_ids:
+            piece = self.tokenizer.classify(token_id)
+            if piece.marker is not None:
+                switch(Modality.TEXT if piece.marker == TEXT_MARKER else Modality.SPEECH)
+            elif piece.unit_kind is not None:
+                switch(Modality.SPEECH)
+                if piece.unit_kind == "Hu":
+                    units.append(piece.unit)
+            elif token_id != self.tokenizer.eos_id:
+                switch(Modality.TEXT)
+                text_ids.append(token_id)
+        close()
+        return segments
+
+    async def generate(
+        self,
+        inputs: list[GenerationInput],
+        output: OutputModality,
+        options: SamplingOptions,
+        request_id: str | None = None,
+    ) -> GenerationResult:
+        """Any-to-any generation as the reference's `Spiritlm.generate`, served through vLLM."""
+        request_id = request_id or uuid.uuid4().hex
+        segments = [await self._prompt_segment(item) for item in inputs]
+        prompt_ids = self.tokenizer.encode_prompt(build_prompt(segments, output))
+        request = TokenRequest(
+            prompt_ids=prompt_ids,
+            max_tokens=self._token_budget(output, options, len(prompt_ids)),
+            allowed_token_ids=allowed_token_ids(self.tokenizer, output, self.vocoder.num_units),
+            stop_token_ids=[] if output == OutputModality.SPEECH else [self.tokenizer.eos_id],
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            seed=options.seed,
+        )
+        generated: list[int] = []
+        finish_reason = "length"
+        async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
+            generated.extend(delta.token_ids)
+            finish_reason = delta.finish_reason or finish_reason
+        output_segments = self._split_output(generated, output)
+        units = [unit for segment in output_segments for unit in segment.units]
+        audio = None
+        if output != OutputModality.TEXT:
+            audio = await self.synthesize(units, options.speaker, options.style)
+        logger.info(
+            "request %s: %d prompt tokens, %d generated, finish=%s",
+            request_id,
+            len(prompt_ids),
+            len(generated),
+            finish_reason,
+        )
+        return GenerationResult(output_segments, audio, len(prompt_ids), len(generated), finish_reason)
+
+    async def warm_up(self) -> None:
+        """Run one tiny request through every stage before reporting ready (first calls are the slowest)."""
+        silence = np.zeros(16_000, dtype=np.float32)
+        await self.generate(
+            [GenerationInput(Modality.SPEECH, audio=silence)],
+            OutputModality.SPEECH,
+            SamplingOptions(max_new_tokens=4, seed=0),
+            request_id="warm-up",
+        )
+
+    def close(self) -> None:
+        self._speech_worker.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,135 @@
+"""App factory: `build_app(settings)` builds the FastAPI app; models and the engine live in its lifespan.
+
+Nothing heavy happens at import. Start-up loads the checkpoint strictly, starts vLLM, warms every stage
+with one dummy request, and only then serves (so `/readyz` is true from the first request it answers).
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spiritserve import __version__
+from spiritserve.checkpoints import ensure_embedded_default, open_checkpoint, resolve_root
+from spiritserve.engine.engine import LanguageModelEngine
+from spiritserve.errors import SpiritServeError
+from spiritserve.pipeline import PipelineLimits, SpiritPipeline
+from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
+from spiritserve.server.routes import ClientDisconnected, router
+from spiritserve.settings import Settings
+from spiritserve.tokenizers.phonetic import PhoneticTokenizer
+from spiritserve.vocoder.base import UnitVocoder
+
+logger = logging.getLogger(__name__)
+
+
+def _speech_device(settings: Settings) -> str:
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device
+
+
+async def load_pipeline(settings: Settings) -> SpiritPipeline:
+    root, is_embedded_default = resolve_root(settings.checkpoints)
+    if is_embedded_default:
+        await asyncio.to_thread(ensure_embedded_default, root)
+    checkpoint = open_checkpoint(root)
+    device = _speech_device(settings)
+    logger.info(
+        "serving %s (%s variant) from %s; speech stages on %s",
+        checkpoint.language_model.path.name,
+        checkpoint.variant,
+        root,
+        device,
+    )
+    phonetic = await asyncio.to_thread(PhoneticTokenizer.from_dir, checkpoint.hubert_dir, device)
+    vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
+    engine = LanguageModelEngine.start(
+        checkpoint.language_model.path, settings.engine_settings(on_cpu=not torch.cuda.is_available())
+    )
+    limits = PipelineLimits(
+        default_speech_seconds=settings.default_speech_seconds,
+        max_speech_seconds=settings.max_speech_seconds,
+        default_text_tokens=settings.default_text_tokens,
+        generation_timeout_s=settings.generation_timeout_s,
+        max_model_len=settings.engine_max_model_len,
+    )
+    return SpiritPipeline(checkpoint, phonetic, vocoder, engine, limits)
+
+
+def _error(status_code: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status_code)
+
+
+def _describe_validation_error(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
+            continue
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        parts.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One JSON error shape for every failure: {"error": {"type", "message"}}."""
+
+    @app.exception_handler(SpiritServeError)
+    async def spiritserve_error(request: Request, exc: SpiritServeError) -> JSONResponse:
+        return _error(exc.status_code, type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "ValidationError", _describe_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "HTTPError", str(exc.detail))
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_disconnected(request: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nobody reads it; logged and counted like nginx does
+
+
+def build_app(settings: Settings) -> FastAPI:
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pipeline = await load_pipeline(settings)
+        try:
+            await pipeline.warm_up()
+            app.state.pipeline = pipeline
+            logger.info("ready")
+            yield
+        finally:
+            app.state.pipeline = None
+            pipeline.engine.shutdown()
+            pipeline.close()
+
+    app = FastAPI(
+        title="spiritserve",
+        version=__version__,
+        lifespan=lifespan,
+        description="Spirit LM speech and text generation served with vLLM.",
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.pipeline = None
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

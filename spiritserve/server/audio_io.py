@@ -1,0 +1,78 @@
+"""Audio bytes in any common container → 16 kHz mono float32, and float audio → WAV bytes.
+
+soundfile (libsndfile) reads WAV/FLAC/OGG-Vorbis directly; anything else (MP3, Opus, M4A, WebM) goes
+through PyAV's FFmpeg. Channels are averaged as the reference does; soxr resamples. Limits are enforced
+while decoding, so an hour-long upload is refused without being decoded whole.
+"""
+
+import io
+
+import av
+import numpy as np
+import soundfile
+import soxr
+
+from spiritserve.errors import AudioTooLongError, BadAudioError
+
+SAMPLE_RATE = 16_000
+MIN_SAMPLES = 1_280  # 80 ms: the reference drops shorter chunks, so they would give no units at all
+
+
+def _decode_with_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray, int] | None:
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        return None
+    if info.frames / info.samplerate > max_seconds:
+        raise AudioTooLongError(f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s")
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
+    return audio.mean(axis=1), rate
+
+
+def _decode_with_pyav(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise BadAudioError("the upload has no audio stream")
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate or stream.rate
+            # Planar float keeps every channel separate; we average them ourselves like the soundfile path.
+            resampler = av.AudioResampler(format="fltp", rate=rate)
+            pieces, total = [], 0
+            for frame in container.decode(stream):
+                for converted in resampler.resample(frame):
+                    planes = converted.to_ndarray()  # (channels, samples)
+                    pieces.append(planes.mean(axis=0))
+                    total += planes.shape[1]
+                if total > max_seconds * rate:
+                    raise AudioTooLongError(f"audio is longer than the limit of {max_seconds:g} s")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise BadAudioError(f"could not decode the upload as audio ({exc})") from exc
+    if not pieces:
+        raise BadAudioError("the audio stream holds no samples")
+    return np.concatenate(pieces).astype(np.float32), rate
+
+
+def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
+    """Decode, mix to mono and resample to 16 kHz. Raises BadAudioError / AudioTooLongError with reasons."""
+    if not data:
+        raise BadAudioError("the audio upload is empty")
+    decoded = _decode_with_soundfile(data, max_seconds) or _decode_with_pyav(data, max_seconds)
+    audio, rate = decoded
+    if not np.isfinite(audio).all():
+        raise BadAudioError("the audio contains NaN or infinite samples")
+    if rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    if len(audio) < MIN_SAMPLES:
+        raise BadAudioError(
+            f"audio is {1000 * len(audio) / SAMPLE_RATE:.0f} ms long; at least {1000 * MIN_SAMPLES // SAMPLE_RATE} ms "
+            "is needed for one speech unit"
+        )
+    return audio
+
+
+def encode_wav(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit PCM WAV, the format every player and the reference's examples use."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()

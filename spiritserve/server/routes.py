@@ -1,0 +1,267 @@
+"""REST routes. Each validates its input, makes one pipeline call and maps the result; no model logic here."""
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Awaitable
+from typing import Annotated, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from spiritserve.errors import (
+    AudioTooLongError,
+    BadAudioError,
+    BadRequestError,
+    EngineUnavailableError,
+    UnsupportedMediaTypeError,
+)
+from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
+from spiritserve.server.audio_io import SAMPLE_RATE, decode_audio, encode_wav
+from spiritserve.server.schemas import (
+    ErrorResponse,
+    GenerateRequest,
+    GenerationResponse,
+    OutputSegmentBody,
+    SamplingFields,
+    SpeechInput,
+    SynthesizeRequest,
+    TokenizeResponse,
+    Usage,
+)
+from spiritserve.settings import Settings
+from spiritserve.tokens import Modality, OutputModality, hubert_string, parse_hubert_string
+
+T = TypeVar("T")
+WAV_MEDIA_TYPE = "audio/wav"
+ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503, 504)}
+# Content types that may carry audio: browsers and curl label uploads loosely, so the decoder has the last word.
+_AUDIO_CONTENT_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+def get_pipeline(request: Request) -> SpiritPipeline:
+    pipeline = getattr(request.app.state, "pipeline", None)
+    if pipeline is None or not pipeline.engine.is_healthy:
+        raise EngineUnavailableError("the model is not loaded")
+    return pipeline
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def require_content_type(expected: str):
+    def check(request: Request) -> None:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith(expected):
+            raise UnsupportedMediaTypeError(f"expected a {expected} body, got {content_type or 'no content type'!r}")
+
+    return Depends(check)
+
+
+PipelineDep = Annotated[SpiritPipeline, Depends(get_pipeline)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Multipart = require_content_type("multipart/form-data")
+Json = require_content_type("application/json")
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client went away; its work was cancelled (and its engine request aborted)."""
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (the engine stream then aborts)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected()
+    return task.result()
+
+
+async def read_audio_upload(upload: UploadFile, settings: Settings) -> bytes:
+    content_type = (upload.content_type or "").lower()
+    if content_type and not content_type.startswith(_AUDIO_CONTENT_TYPES):
+        raise UnsupportedMediaTypeError(f"the 'audio' part has content type {content_type!r}; send an audio file")
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise AudioTooLongError(f"the upload exceeds the limit of {settings.max_upload_bytes} bytes")
+    return data
+
+
+async def decode_upload(upload: UploadFile, settings: Settings):
+    data = await read_audio_upload(upload, settings)
+    return await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds)
+
+
+def _sampling_options(fields: SamplingFields) -> SamplingOptions:
+    return SamplingOptions(**fields.model_dump(include=set(SamplingOptions.__dataclass_fields__)))
+
+
+def _generation_body(result: GenerationResult) -> GenerationResponse:
+    audio = result.audio
+    return GenerationResponse(
+        text=result.text,
+        tokens=hubert_string(result.units) if result.units else "",
+        units=result.units,
+        durations=audio.durations if audio is not None else None,
+        segments=[
+            OutputSegmentBody(
+                modality=segment.modality.value,
+                text=segment.text if segment.modality == Modality.TEXT else None,
+                tokens="".join(f"[Hu{unit}]" for unit in segment.units) if segment.units else None,
+                units=segment.units or None,
+            )
+            for segment in result.segments
+        ],
+        audio_base64=base64.b64encode(encode_wav(audio.audio)).decode() if audio is not None else None,
+        finish_reason=result.finish_reason,
+        usage=Usage(
+            prompt_tokens=result.prompt_tokens,
+            generated_tokens=result.generated_tokens,
+            audio_seconds=len(audio.audio) / SAMPLE_RATE if audio is not None else 0.0,
+        ),
+    )
+
+
+def _respond(result: GenerationResult, response_format: Literal["json", "wav"]) -> Response:
+    if response_format == "wav":
+        if result.audio is None:
+            raise BadRequestError("response_format 'wav' needs speech output; ask output_modality 'speech'")
+        return Response(encode_wav(result.audio.audio), media_type=WAV_MEDIA_TYPE)
+    return JSONResponse(_generation_body(result).model_dump())
+
+
+class ContinueForm(SamplingFields):
+    response_format: Literal["wav", "json"] = "wav"
+
+
+async def continue_form(request: Request) -> ContinueForm:
+    """The non-file form fields, validated as one model (FastAPI cannot mix a form model with a file)."""
+    form = await request.form()
+    fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    try:
+        return ContinueForm.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+@router.post(
+    "/v1/speech/continue",
+    dependencies=[Multipart],
+    response_class=Response,
+    responses={
+        200: {"content": {WAV_MEDIA_TYPE: {}, "application/json": {"schema": GenerationResponse.model_json_schema()}}}
+    },
+)
+async def continue_speech(
+    request: Request,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    audio: Annotated[UploadFile, File(description="speech in any common format, any rate, mono or stereo")],
+    form: Annotated[ContinueForm, Depends(continue_form)],
+) -> Response:
+    """Speech continuation: the uploaded speech is the prompt, the answer is more speech (WAV by default).
+
+    Other form fields: the sampling fields of `/v1/generate` and `response_format` (`wav` or `json`).
+    """
+    waveform = await decode_upload(audio, settings)
+    result = await cancel_on_disconnect(
+        request,
+        pipeline.generate(
+            [GenerationInput(Modality.SPEECH, audio=waveform)], OutputModality.SPEECH, _sampling_options(form)
+        ),
+    )
+    return _respond(result, form.response_format)
+
+
+def _hubert_units(tokens: str) -> list[int]:
+    """The base variant takes Hu units only; pitch and style tokens arrive with the expressive variant."""
+    try:
+        return parse_hubert_string(tokens)
+    except ValueError as exc:
+        raise BadRequestError(f"'tokens': {exc}") from exc
+
+
+async def _generation_input(item, settings: Settings) -> GenerationInput:
+    if not isinstance(item, SpeechInput):
+        if len(item.text) > settings.max_text_chars:
+            raise BadRequestError(
+                f"a text input is {len(item.text)} characters; the limit is {settings.max_text_chars}"
+            )
+        return GenerationInput(Modality.TEXT, text=item.text)
+    if (item.audio_base64 is None) == (item.tokens is None):
+        raise BadRequestError("a speech input needs exactly one of 'audio_base64' or 'tokens'")
+    if item.tokens is not None:
+        _hubert_units(item.tokens)
+        return GenerationInput(Modality.SPEECH, text=item.tokens)
+    try:
+        data = base64.b64decode(item.audio_base64, validate=True)
+    except binascii.Error as exc:
+        raise BadAudioError(f"'audio_base64' is not valid base64: {exc}") from exc
+    if len(data) > settings.max_upload_bytes:
+        raise AudioTooLongError(f"the audio exceeds the limit of {settings.max_upload_bytes} bytes")
+    return GenerationInput(
+        Modality.SPEECH, audio=await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds)
+    )
+
+
+@router.post("/v1/generate", dependencies=[Json], response_model=GenerationResponse)
+async def generate(request: Request, body: GenerateRequest, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+    """Any-to-any generation over an ordered list of text and speech inputs (the reference's `generate`)."""
+    inputs = [await _generation_input(item, settings) for item in body.inputs]
+    result = await cancel_on_disconnect(
+        request, pipeline.generate(inputs, body.output_modality, _sampling_options(body))
+    )
+    return _respond(result, body.response_format)
+
+
+@router.post("/v1/tokenize", dependencies=[Multipart], response_model=TokenizeResponse)
+async def tokenize(
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    audio: Annotated[UploadFile, File(description="speech in any common format")],
+) -> TokenizeResponse:
+    """Audio → the token string the LM would see, plus the raw 25 Hz units."""
+    waveform = await decode_upload(audio, settings)
+    units = await pipeline.tokenize(waveform)
+    return TokenizeResponse(
+        tokens=hubert_string(units), units={"hubert": units}, duration_seconds=len(waveform) / SAMPLE_RATE
+    )
+
+
+@router.post(
+    "/v1/synthesize", dependencies=[Json], response_class=Response, responses={200: {"content": {WAV_MEDIA_TYPE: {}}}}
+)
+async def synthesize(body: SynthesizeRequest, pipeline: PipelineDep) -> Response:
+    """A unit token string → 16 kHz mono WAV through the HiFi-GAN vocoder."""
+    output = await pipeline.synthesize(_hubert_units(body.tokens), body.speaker, body.style, body.predict_durations)
+    return Response(encode_wav(output.audio), media_type=WAV_MEDIA_TYPE)
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Liveness: the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: models loaded, warm-up done, engine alive."""
+    pipeline = getattr(request.app.state, "pipeline", None)
+    if pipeline is None or not pipeline.engine.is_healthy:
+        return JSONResponse({"ready": False}, status_code=503)
+    return JSONResponse({"ready": True, "variant": pipeline.checkpoint.variant, "speakers": pipeline.vocoder.speakers})

@@ -1,0 +1,90 @@
+"""Request and response bodies of the REST API (pydantic), with limits that turn bad input into 422s."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from spiritserve.tokens import OutputModality
+
+
+class SamplingFields(BaseModel):
+    """Reference defaults: sampling at temperature 0.8, top-p 0.95 (0 temperature = greedy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    seed: int | None = Field(None, ge=0, description="same seed, same prompt: same output")
+    max_new_tokens: int | None = Field(None, ge=1, le=8192)
+    max_speech_seconds: float | None = Field(None, gt=0, description="speech output budget (25 tokens/s)")
+    speaker: int | None = Field(None, ge=0, description="vocoder speaker index (speakers.txt); default 2")
+    style: int | None = Field(None, ge=0, description="base vocoder style index (styles.txt); default 8")
+
+
+class TextInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str = Field(min_length=1)
+
+
+class SpeechInput(BaseModel):
+    """Speech as base64 audio bytes (any common format) or as a unit token string like `[Hu12][Hu7]`."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["speech"]
+    audio_base64: str | None = Field(None, min_length=1)
+    tokens: str | None = Field(None, min_length=1)
+
+
+class GenerateRequest(SamplingFields):
+    inputs: list[TextInput | SpeechInput] = Field(min_length=1, max_length=64)
+    output_modality: OutputModality = OutputModality.ARBITRARY
+    response_format: Literal["json", "wav"] = "json"
+
+
+class SynthesizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: str = Field(min_length=1, description="unit token string, e.g. [Hu12][Hu7][Hu99]")
+    speaker: int | None = Field(None, ge=0)
+    style: int | None = Field(None, ge=0)
+    predict_durations: bool = Field(True, description="false for raw undeduplicated 25 Hz units")
+
+
+class OutputSegmentBody(BaseModel):
+    modality: Literal["text", "speech"]
+    text: str | None = None
+    tokens: str | None = None
+    units: list[int] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    generated_tokens: int
+    audio_seconds: float
+
+
+class GenerationResponse(BaseModel):
+    text: str
+    tokens: str = Field(description="generated speech units as a token string")
+    units: list[int] = Field(description="generated HuBERT units (deduplicated, as the LM writes them)")
+    durations: list[int] | None = Field(None, description="vocoder frames (40 ms) per unit, when audio was made")
+    segments: list[OutputSegmentBody]
+    audio_base64: str | None = Field(None, description="16 kHz mono 16-bit WAV, when speech was generated")
+    finish_reason: str
+    usage: Usage
+
+
+class TokenizeResponse(BaseModel):
+    tokens: str = Field(description="the interleaved token string the LM sees (deduplicated)")
+    units: dict[str, list[int]] = Field(description="raw 25 Hz units per stream, undeduplicated")
+    duration_seconds: float
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,53 @@
+"""Service configuration: one pydantic-settings object, env prefix `SPIRITSERVE_`, built once in `main()`.
+
+Helm values and the Dockerfile map onto the same environment names. The checkpoint root also honours the
+reference's `SPIRITLM_CHECKPOINTS_DIR` (see `spiritserve.checkpoints.resolve_root`).
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spiritserve.engine.engine import EngineSettings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPIRITSERVE_", frozen=True)
+
+    checkpoints: Path | None = Field(None, description="checkpoint root; unset: SPIRITLM_CHECKPOINTS_DIR, else tiny")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="speech stages' device; auto: CUDA if any")
+
+    max_upload_bytes: int = Field(64 * 2**20, gt=0, description="largest accepted audio upload")
+    max_audio_seconds: float = Field(300.0, gt=0, description="longest accepted input audio, after decoding")
+    max_text_chars: int = Field(20_000, gt=0, description="longest accepted text input")
+
+    default_speech_seconds: float = Field(10.0, gt=0, description="speech output budget when none is asked")
+    max_speech_seconds: float = Field(120.0, gt=0, description="largest speech output budget a request may ask")
+    default_text_tokens: int = Field(50, gt=0, description="text output budget when none is asked (STSP: 50)")
+    generation_timeout_s: float = Field(120.0, gt=0, description="wall-clock limit of one generation")
+
+    engine_dtype: str = "bfloat16"
+    engine_max_model_len: int = Field(4096, gt=0)
+    engine_max_num_seqs: int = Field(64, gt=0)
+    engine_kv_cache_bytes: int | None = Field(None, gt=0, description="KV cache size; unset: from memory fraction")
+    engine_memory_fraction: float = Field(0.9, gt=0, le=1, description="vLLM gpu_memory_utilization")
+    engine_enforce_eager: bool = False
+
+    def engine_settings(self, on_cpu: bool) -> EngineSettings:
+        """vLLM's CPU backend reserves `memory_fraction` of *host* memory; on CPU reserve a fixed KV cache."""
+        kv_cache_bytes = self.engine_kv_cache_bytes
+        memory_fraction = self.engine_memory_fraction
+        if on_cpu and kv_cache_bytes is None:
+            kv_cache_bytes, memory_fraction = 512 * 2**20, min(memory_fraction, 0.3)
+        return EngineSettings(
+            dtype=self.engine_dtype,
+            max_model_len=self.engine_max_model_len,
+            max_num_seqs=self.engine_max_num_seqs,
+            kv_cache_memory_bytes=kv_cache_bytes,
+            gpu_memory_utilization=memory_fraction,
+            enforce_eager=self.engine_enforce_eager or on_cpu,
+        )

@@ -1,0 +1,60 @@
+"""The tiny bundle is written in the official layout and opened the way a real root is."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from spiritserve.checkpoints import BASE_MODEL_NAME, LANGUAGE_MODELS_DIR, open_checkpoint
+from spiritserve.errors import CheckpointError
+
+OFFICIAL_BASE_FILES = [
+    "speech_tokenizer/hubert_25hz/mhubert_base_25hz.pt",
+    "speech_tokenizer/hubert_25hz/L11_quantizer_500.pt",
+    "speech_tokenizer/hifigan_spiritlm_base/config.json",
+    "speech_tokenizer/hifigan_spiritlm_base/generator.pt",
+    "speech_tokenizer/hifigan_spiritlm_base/speakers.txt",
+    "speech_tokenizer/hifigan_spiritlm_base/styles.txt",
+    "spiritlm_model/spirit-lm-base-7b/config.json",
+    "spiritlm_model/spirit-lm-base-7b/generation_config.json",
+    "spiritlm_model/spirit-lm-base-7b/pytorch_model.bin",
+    "spiritlm_model/spirit-lm-base-7b/special_tokens_map.json",
+    "spiritlm_model/spirit-lm-base-7b/tokenizer_config.json",
+    "spiritlm_model/spirit-lm-base-7b/tokenizer.model",
+]
+
+
+def test_tiny_bundle_has_every_official_file(tiny_bundle: Path):
+    for relative in OFFICIAL_BASE_FILES:
+        assert (tiny_bundle / relative).is_file(), relative
+    config = json.loads((tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "config.json").read_text())
+    assert config["vocab_size"] == 32512 and config["rope_theta"] == 100000.0
+    weights = torch.load(tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin", weights_only=True)
+    assert weights["model.embed_tokens.weight"].shape[0] == 32512 and "lm_head.weight" in weights
+
+
+def test_variant_comes_from_the_tokenizer_not_the_folder_name(tiny_bundle: Path, tmp_path: Path):
+    renamed = tmp_path / "root"
+    shutil.copytree(tiny_bundle, renamed)
+    (renamed / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME).rename(renamed / LANGUAGE_MODELS_DIR / "my-model")
+    checkpoint = open_checkpoint(renamed)
+    assert checkpoint.variant == "base" and checkpoint.language_model.path.name == "my-model"
+
+
+def test_incomplete_roots_fail_with_the_missing_path(tiny_bundle: Path, tmp_path: Path):
+    with pytest.raises(CheckpointError, match="root not found"):
+        open_checkpoint(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin").unlink()
+    with pytest.raises(CheckpointError, match="no weights"):
+        open_checkpoint(broken)
+    shutil.rmtree(broken / "speech_tokenizer" / "hifigan_spiritlm_base")
+    shutil.copy(
+        tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin",
+        broken / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME,
+    )
+    with pytest.raises(CheckpointError, match="hifigan_spiritlm_base"):
+        open_checkpoint(broken)
