@@ -1,0 +1,257 @@
+"""End to end: real speech clips → real server on loopback → real vLLM engine → real vocoder → WAV."""
+
+import asyncio
+import base64
+import contextlib
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from spiritserve.checkpoints import BASE_VOCODER_DIR
+from spiritserve.tokens import hubert_string
+from spiritserve.vocoder.base import UnitVocoder
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+CLIPS = sorted(path for path in FIXTURES.iterdir() if path.suffix in {".wav", ".flac", ".opus", ".mp3"})
+HOP = 640
+CLIP = FIXTURES / "espeak_16k_mono.flac"
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int, int]:
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return audio[:, 0], rate, audio.shape[1]
+
+
+def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def upload(path: Path) -> dict:
+    return {"audio": (path.name, path.read_bytes(), "application/octet-stream")}
+
+
+@pytest.fixture(scope="module")
+def vocoder(tiny_bundle: Path) -> UnitVocoder:
+    return UnitVocoder.from_dir(tiny_bundle / BASE_VOCODER_DIR)
+
+
+def test_clips_cover_formats_rates_and_channels():
+    assert {path.suffix for path in CLIPS} == {".wav", ".flac", ".opus", ".mp3"}
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=[path.name for path in CLIPS])
+def test_speech_continuation_returns_a_16k_mono_wav(client, clip: Path):
+    response = client.post("/v1/speech/continue", files=upload(clip), data={"max_speech_seconds": "1", "seed": "1"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    audio, rate, channels = read_wav(response.content)
+    assert (rate, channels) == (16000, 1)
+    assert len(audio) > 0 and len(audio) % HOP == 0
+    assert np.abs(audio).max() > 0
+
+
+def test_wav_length_is_the_vocoders_predicted_durations_times_hop(client, vocoder: UnitVocoder):
+    form = {"max_speech_seconds": "2", "seed": "7", "temperature": "0.9"}
+    described = client.post("/v1/speech/continue", files=upload(CLIP), data={**form, "response_format": "json"})
+    assert described.status_code == 200, described.text
+    body = described.json()
+    units = body["units"]
+    assert len(units) == body["usage"]["generated_tokens"] == 50  # 2 s × 25 tokens/s, EOS banned in speech
+    assert body["tokens"] == "".join(f"[Hu{unit}]" for unit in units)
+    # The durations the server used are the ones the vocoder predicts for these units (speaker 2 default).
+    assert body["durations"] == vocoder.decode(units, speaker=2).durations
+    wav = client.post("/v1/speech/continue", files=upload(CLIP), data=form)  # same seed: same generation
+    audio, _, _ = read_wav(wav.content)
+    assert len(audio) == sum(body["durations"]) * HOP
+
+
+def test_speech_to_text_returns_text(client):
+    audio_base64 = base64.b64encode(CLIP.read_bytes()).decode()
+    response = client.post(
+        "/v1/generate",
+        json={
+            "inputs": [{"type": "speech", "audio_base64": audio_base64}],
+            "output_modality": "text",
+            "max_new_tokens": 12,
+            "seed": 3,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["text"].strip() and body["units"] == [] and body["audio_base64"] is None
+    assert [segment["modality"] for segment in body["segments"]] == ["text"]
+    assert "[Hu" not in body["text"] and "[Text]" not in body["text"]
+
+
+def test_text_to_speech_returns_audio_and_units(client):
+    response = client.post(
+        "/v1/generate",
+        json={
+            "inputs": [{"type": "text", "text": "One of the most beautiful cities in the world is"}],
+            "output_modality": "speech",
+            "max_speech_seconds": 1,
+            "seed": 5,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["units"]) == 25 and body["text"] == ""
+    audio, rate, _ = read_wav(base64.b64decode(body["audio_base64"]))
+    assert rate == 16000 and len(audio) == sum(body["durations"]) * HOP
+    assert body["usage"]["audio_seconds"] == pytest.approx(len(audio) / 16000)
+
+
+def test_mixed_inputs_and_a_wav_response(client):
+    response = client.post(
+        "/v1/generate",
+        json={
+            "inputs": [{"type": "text", "text": "Say it:"}, {"type": "speech", "tokens": "[Hu12][Hu7][Hu99]"}],
+            "output_modality": "speech",
+            "response_format": "wav",
+            "max_new_tokens": 10,
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert read_wav(response.content)[1] == 16000
+
+
+def test_sampling_with_a_seed_is_reproducible(client):
+    request = {
+        "inputs": [{"type": "text", "text": "Once upon a time"}],
+        "output_modality": "text",
+        "max_new_tokens": 8,
+        "seed": 11,
+    }
+    first, second = (client.post("/v1/generate", json=request).json() for _ in range(2))
+    assert first["text"] == second["text"]
+
+
+def test_tokenize_gives_the_token_string_and_raw_units(client):
+    response = client.post("/v1/tokenize", files=upload(CLIP))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    samples = soundfile.info(CLIP).frames
+    # The 25 Hz conv stack: 720-sample receptive field, 640-sample hop (146,160 samples → 228 frames).
+    assert len(body["units"]["hubert"]) == (samples - 720) // HOP + 1
+    assert body["tokens"] == hubert_string(body["units"]["hubert"])
+    assert body["duration_seconds"] == pytest.approx(samples / 16000)
+
+
+def test_synthesize_vocodes_a_token_string(client, vocoder: UnitVocoder):
+    response = client.post("/v1/synthesize", json={"tokens": "[Hu12][Hu7][Hu99][Hu7]", "speaker": 1})
+    assert response.status_code == 200, response.text
+    audio, rate, _ = read_wav(response.content)
+    expected = vocoder.decode([12, 7, 99, 7], speaker=1)
+    assert rate == 16000 and len(audio) == len(expected.audio)
+    np.testing.assert_allclose(audio, expected.audio, atol=2 / 32768)  # only 16-bit quantisation differs
+    raw = client.post("/v1/synthesize", json={"tokens": "[Hu12][Hu12][Hu7]", "predict_durations": False})
+    assert len(read_wav(raw.content)[0]) == 3 * HOP
+
+
+def _error(response) -> str:
+    return response.json()["error"]["message"]
+
+
+def test_bad_audio_uploads_get_clear_4xx(client):
+    not_audio = client.post("/v1/speech/continue", files={"audio": ("notes.wav", b"hello, not audio" * 50)})
+    assert not_audio.status_code == 400 and "decode" in _error(not_audio)
+    empty = client.post("/v1/speech/continue", files={"audio": ("empty.wav", b"")})
+    assert empty.status_code == 400 and "empty" in _error(empty)
+    short = client.post("/v1/tokenize", files={"audio": ("short.wav", wav_bytes(np.zeros(800, "float32"), 16000))})
+    assert short.status_code == 400 and "80 ms" in _error(short)
+    long_audio = wav_bytes(np.zeros(25 * 8000, "float32"), 8000)  # 25 s, over the test server's 20 s limit
+    too_long = client.post("/v1/speech/continue", files={"audio": ("long.wav", long_audio)})
+    assert too_long.status_code == 413 and "20 s" in _error(too_long)
+    text_part = client.post("/v1/tokenize", files={"audio": ("a.txt", b"abc", "text/plain")})
+    assert text_part.status_code == 415 and "text/plain" in _error(text_part)
+    no_file = client.post("/v1/speech/continue", data={"seed": "1"})
+    assert no_file.status_code in (415, 422)
+
+
+def test_wrong_content_type_and_malformed_json(client):
+    as_json = client.post("/v1/speech/continue", json={"audio": "x"})
+    assert as_json.status_code == 415 and "multipart/form-data" in _error(as_json)
+    as_form = client.post("/v1/generate", data={"inputs": "x"})
+    assert as_form.status_code == 415 and "application/json" in _error(as_form)
+    malformed = client.post("/v1/generate", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and "not valid JSON" in _error(malformed)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"output_modality": "video"}, "output_modality"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"inputs": []}, "inputs"),
+        ({"inputs": [{"type": "speech"}]}, "exactly one"),
+        ({"inputs": [{"type": "speech", "tokens": "[Hu1][Pi3]"}]}, "Hu<n>"),
+        ({"inputs": [{"type": "speech", "audio_base64": "***"}]}, "base64"),
+        ({"inputs": [{"type": "image", "text": "x"}]}, "inputs"),
+        ({"speaker": 9, "output_modality": "speech"}, "speaker 9"),
+        ({"max_speech_seconds": 10_000, "output_modality": "speech"}, "max_speech_seconds"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
+def test_invalid_generation_requests_get_422_naming_the_problem(client, change, expected):
+    request = {"inputs": [{"type": "text", "text": "hello"}], "output_modality": "text", "max_new_tokens": 2}
+    response = client.post("/v1/generate", json={**request, **change})
+    assert response.status_code in (400, 422), response.text
+    assert expected in _error(response)
+
+
+def test_synthesize_rejects_bad_tokens(client):
+    for tokens, expected in [("hello", "Hu<n>"), ("[Hu600]", "600"), ("[Hu1][St2]", "Hu<n>")]:
+        response = client.post("/v1/synthesize", json={"tokens": tokens})
+        assert response.status_code == 422 and expected in _error(response), response.text
+
+
+def test_health_readiness_docs_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["variant"] == "base"
+    assert client.get("/docs").status_code == 200
+    assert "/v1/speech/continue" in client.get("/openapi.json").json()["paths"]
+    client.post("/v1/synthesize", json={"tokens": "hello"})
+    metrics = client.get("/metrics").text
+    assert 'spiritserve_requests_total{route="/v1/synthesize",status="422"}' in metrics
+    assert 'spiritserve_request_duration_seconds_bucket{le="0.01",route="/healthz"}' in metrics
+
+
+def _running_requests(metrics_text: str) -> float:
+    line = next(line for line in metrics_text.splitlines() if line.startswith("vllm:num_requests_running{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def _wait_for_running(http, wanted: float, timeout_s: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if _running_requests((await http.get("/metrics")).text) == wanted:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def test_client_disconnect_aborts_the_engine_request(server_url):
+    """A 120 s speech budget takes the tiny engine ~20 s; hanging up must free the engine at once."""
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+            long_request = asyncio.create_task(
+                http.post("/v1/speech/continue", files=upload(CLIP), data={"max_speech_seconds": "120"})
+            )
+            assert await _wait_for_running(http, 1.0, timeout_s=15), "the generation never started"
+            long_request.cancel()  # closes the connection mid-generation
+            with contextlib.suppress(asyncio.CancelledError):
+                await long_request
+            assert await _wait_for_running(http, 0.0, timeout_s=5), "the engine request kept running"
+
+    asyncio.run(scenario())
