@@ -6,6 +6,7 @@ API; ids come from the checkpoint's tokenizer.
 """
 
 import enum
+import random
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -43,7 +44,79 @@ def deduplicate(units: list[int]) -> list[int]:
 
 def hubert_string(units: list[int]) -> str:
     """Base-variant speech string: deduplicated `[Hu<n>]` tokens."""
-    return "".join(unit_piece("Hu", unit) for unit in deduplicate(units))
+    return interleave({"Hu": units})
+
+
+# Token rates of the three streams (§8.2). HuBERT is 24.99, not 25, on purpose: a Hu token then sorts just
+# after a Pi or St token that shares its nominal 40 ms slot. Over ~100 s this drifts by one frame; the LM
+# was trained on strings made this way, so the drift is reproduced, not fixed.
+STREAM_RATES: dict[UnitKind, float] = {"Hu": 24.99, "Pi": 12.5, "St": 1.0}
+# Style is not deduplicated: an [St] token appears every second even when it repeats.
+STREAM_DEDUP: dict[UnitKind, bool] = {"Hu": True, "Pi": True, "St": False}
+# The reference falls back to a *random* one of these when a generated span has pitch but no style (§8.3).
+MOST_COMMON_STYLES = (71, 68, 98)
+
+
+def interleave(streams: dict[UnitKind, list[int]]) -> str:
+    """Expressive (or base, with only "Hu") speech string: time-sorted, per-stream deduplicated tokens.
+
+    Each unit is stamped with index / rate of its *undeduplicated* position; the stable sort over the
+    concatenation St, Pi, Hu puts St before Pi before Hu on exact ties.
+    """
+    timed: list[tuple[float, str]] = []
+    for kind in ("St", "Pi", "Hu"):
+        units = streams.get(kind, [])
+        for index, unit in enumerate(units):
+            if STREAM_DEDUP[kind] and index > 0 and unit == units[index - 1]:
+                continue
+            timed.append((index / STREAM_RATES[kind], unit_piece(kind, unit)))
+    timed.sort(key=lambda stamped: stamped[0])  # stable: keeps St < Pi < Hu on ties
+    return "".join(piece for _, piece in timed)
+
+
+def fallback_style(seed: int | None) -> int:
+    """Deterministic stand-in for the reference's random style choice: the most common style, or a
+    seeded pick among the three most common when the request carries a seed."""
+    if seed is None:
+        return MOST_COMMON_STYLES[0]
+    return MOST_COMMON_STYLES[random.Random(seed).randrange(len(MOST_COMMON_STYLES))]
+
+
+@dataclass(frozen=True)
+class AlignedUnits:
+    """Units parsed from a generated string, pitch and style pre-duplicated to one value per Hu unit."""
+
+    hubert: list[int]
+    pitch: list[int]
+    style: list[int]
+
+
+def align_units(text: str, style_seed: int | None = None) -> AlignedUnits:
+    """The reference's string → units rule (§8.3): every [Hu] is a frame that takes the latest pitch and
+    style before it; frames before the first Pi/St take the first one seen later. With pitch but no style
+    at all, `fallback_style` fills the style. Without pitch, pitch stays empty (the caller decides)."""
+    hubert: list[int] = []
+    pitch: list[int | None] = []
+    style: list[int | None] = []
+    current: dict[str, int | None] = {"Pi": None, "St": None}
+    first: dict[str, int | None] = {"Pi": None, "St": None}
+    for kind, number in _UNIT_TOKEN.findall(text):
+        unit = int(number)
+        if kind == "Hu":
+            hubert.append(unit)
+            pitch.append(current["Pi"])
+            style.append(current["St"])
+        else:
+            current[kind] = unit
+            first[kind] = unit if first[kind] is None else first[kind]
+    if first["Pi"] is None:
+        return AlignedUnits(hubert, [], [])
+    style_fill = first["St"] if first["St"] is not None else fallback_style(style_seed)
+    return AlignedUnits(
+        hubert,
+        [first["Pi"] if value is None else value for value in pitch],
+        [style_fill if value is None else value for value in style],
+    )
 
 
 def is_unit_string(text: str) -> bool:

@@ -17,6 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SERVER_START_TIMEOUT_S = 600
 # Small on purpose, so the limit tests need only small uploads.
 SERVER_MAX_AUDIO_SECONDS = 20
+SERVER_MAX_UPLOAD_BYTES = 2 * 2**20
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,11 @@ def server_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> s
     """`spiritserve serve` in a subprocess on a loopback port, ready (engine started, warmed up)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "SPIRITSERVE_MAX_AUDIO_SECONDS": str(SERVER_MAX_AUDIO_SECONDS)}
+    env = {
+        **os.environ,
+        "SPIRITSERVE_MAX_AUDIO_SECONDS": str(SERVER_MAX_AUDIO_SECONDS),
+        "SPIRITSERVE_MAX_UPLOAD_BYTES": str(SERVER_MAX_UPLOAD_BYTES),
+    }
     command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(tiny_bundle), "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -21,6 +21,7 @@ from spiritserve.checkpoints import ensure_embedded_default, open_checkpoint, re
 from spiritserve.engine.engine import LanguageModelEngine
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
+from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
 from spiritserve.server.routes import ClientDisconnected, router
 from spiritserve.settings import Settings
@@ -126,6 +127,8 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.pipeline = None
     app.include_router(router)
     install_error_handlers(app)
+    # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)

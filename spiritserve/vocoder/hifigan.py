@@ -116,6 +116,18 @@ class HifiGanConfig:
         return config
 
     @property
+    def hubert_to_f0(self) -> int:
+        """Unit frames per pitch unit: round(f0_hop_size / code_hop_size), 2 for 12.5 Hz pitch; 0 without pitch."""
+        return round(self.f0_hop_size / self.code_hop_size) if self.num_f0_tokens and self.f0_hop_size else 0
+
+    @property
+    def hubert_to_style(self) -> int:
+        """Unit frames per style unit: round(style_hop_size / code_hop_size), 25 for 1 Hz style; 0 without."""
+        if not (self.num_style_tokens and self.style_hop_size):
+            return 0
+        return round(self.style_hop_size / self.code_hop_size)
+
+    @property
     def num_streams(self) -> int:
         """How many embedding_dim-wide streams are concatenated at the generator input."""
         optional = (self.num_f0_tokens, self.num_style_tokens, self.multispkr, self.multistyle)
@@ -147,6 +159,10 @@ class HifiGanConfig:
             problems.append("num_f0_tokens is set without f0_hop_size")
         if self.num_style_tokens and not self.style_hop_size:
             problems.append("num_style_tokens is set without style_hop_size")
+        if self.num_f0_tokens and self.f0_hop_size and self.hubert_to_f0 < 1:
+            problems.append(f"f0_hop_size {self.f0_hop_size} is under half of code_hop_size {self.code_hop_size}")
+        if self.num_style_tokens and self.style_hop_size and self.hubert_to_style < 1:
+            problems.append(f"style_hop_size {self.style_hop_size} is under half of code_hop_size {self.code_hop_size}")
         duration = self.dur_predictor_params
         if duration is not None:
             if duration.encoder_embed_dim != self.embedding_dim:
@@ -223,6 +239,22 @@ def _expand(x: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
     return torch.stack([row.repeat_interleave(row_durations, dim=0) for row, row_durations in zip(x, durations)])
 
 
+def repeat_to_length(ids: torch.Tensor, ratio: int, length: int) -> torch.Tensor:
+    """Bring a slower unit stream to the unit rate, as the vocoder does for resynthesis.
+
+    ids: (B, S) pitch or style units at 1/ratio of the unit rate (12.5 Hz pitch: ratio 2; 1 Hz style: 25).
+    Each entry is repeated ``ratio`` times, then the result is padded with its last entry or cut so that it
+    has exactly ``length`` entries → (B, length).
+    """
+    if ids.size(1) == 0:
+        raise ValueError("cannot upsample an empty unit stream")
+    upsampled = ids.repeat_interleave(ratio, dim=1)  # (B, S·ratio)
+    missing = length - upsampled.size(1)
+    if missing > 0:
+        upsampled = torch.cat([upsampled, upsampled[:, -1:].expand(-1, missing)], dim=1)  # (B, >= length)
+    return upsampled[:, :length]
+
+
 class CodeHiFiGAN(nn.Module):
     """Unit vocoder: embeddings → optional duration expansion → HiFi-GAN generator → tanh waveform."""
 
@@ -277,7 +309,8 @@ class CodeHiFiGAN(nn.Module):
     ) -> torch.Tensor:
         """Vocode a batch.
 
-        codes, f0_codes, style_codes: (B, T), one entry per unit (pitch and style already aligned to units);
+        codes, f0_codes, style_codes: (B, T), one entry per unit (pitch and style already aligned to units;
+        raw 12.5 Hz / 1 Hz streams are first brought to the unit rate with ``repeat_to_length``);
         speaker, style: (B,) global ids; durations: (B, T) frames per unit, or None to keep one frame per unit
         (resynthesis of raw 25 Hz units). Returns (B, frames × code_hop_size) in [-1, 1].
         """

@@ -255,3 +255,22 @@ def test_client_disconnect_aborts_the_engine_request(server_url):
             assert await _wait_for_running(http, 0.0, timeout_s=5), "the engine request kept running"
 
     asyncio.run(scenario())
+
+
+def test_huge_bodies_are_refused_with_413(client):
+    huge = b"\0" * (4 * 2**20)  # the test server allows 2 MiB uploads
+    declared = client.post("/v1/speech/continue", files={"audio": ("huge.wav", huge)})
+    assert declared.status_code == 413 and "limit" in _error(declared)
+
+    def chunks():  # a well-formed multipart upload without Content-Length: the limit applies while reading
+        yield b'--x\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
+        for _ in range(8):
+            yield b"\0" * 2**20
+        yield b"\r\n--x--\r\n"
+
+    streamed = client.post(
+        "/v1/tokenize", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert streamed.status_code == 413 and "limit" in _error(streamed)
+    just_over = client.post("/v1/tokenize", files={"audio": ("big.wav", b"\0" * (2 * 2**20 + 10))})
+    assert just_over.status_code == 413 and "limit" in _error(just_over)
