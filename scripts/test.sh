@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
+export HF_HUB_OFFLINE=1  # nothing may reach a model hub, in tests as in production
 .venv/bin/ruff check spiritserve tests
 .venv/bin/python -m pytest -q "$@"

@@ -4,7 +4,10 @@ Layout (spiritlm-compat.md §1.3)::
 
     $ROOT/speech_tokenizer/hubert_25hz/{mhubert_base_25hz.pt, L11_quantizer_500.pt}
     $ROOT/speech_tokenizer/hifigan_spiritlm_base/{config.json, generator.pt, speakers.txt, styles.txt}
-    $ROOT/spiritlm_model/spirit-lm-base-7b/{config.json, pytorch_model.bin, tokenizer.model, ...}
+    $ROOT/speech_tokenizer/vqvae_f0_quantizer/{config.yaml, model.pt}                      (expressive)
+    $ROOT/speech_tokenizer/style_encoder_w2v2/{config.json, pytorch_model.bin}             (expressive)
+    $ROOT/speech_tokenizer/hifigan_spiritlm_expressive_w2v2/{config.json, generator.pt, speakers.txt}
+    $ROOT/spiritlm_model/spirit-lm-{base,expressive}-7b/{config.json, pytorch_model.bin, tokenizer.model, ...}
 
 The variant is read from each LM folder's tokenizer (pitch and style pieces mean expressive), never from
 the folder name: the reference's name check breaks when it is given a path (§1.4).
@@ -15,6 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from spiritserve.engine.language_model import (
     OFFICIAL_VOCAB_SIZES,
@@ -24,18 +28,33 @@ from spiritserve.engine.language_model import (
 )
 from spiritserve.errors import CheckpointError
 from spiritserve.tokenizers.phonetic import write_tiny_phonetic_tokenizer
-from spiritserve.vocoder.base import write_tiny_base_vocoder
+from spiritserve.tokenizers.pitch import write_tiny_pitch_tokenizer
+from spiritserve.tokenizers.style import write_tiny_style_tokenizer
+from spiritserve.tokens import UnitKind
+from spiritserve.vocoder.base import write_tiny_base_vocoder, write_tiny_expressive_vocoder
 
 logger = logging.getLogger(__name__)
 
+Variant = Literal["base", "expressive"]
+VARIANTS: tuple[Variant, ...] = ("base", "expressive")
 CHECKPOINTS_ENV = "SPIRITLM_CHECKPOINTS_DIR"
 HUBERT_DIR = Path("speech_tokenizer/hubert_25hz")
-BASE_VOCODER_DIR = Path("speech_tokenizer/hifigan_spiritlm_base")
+PITCH_DIR = Path("speech_tokenizer/vqvae_f0_quantizer")
+STYLE_DIR = Path("speech_tokenizer/style_encoder_w2v2")
+VOCODER_DIRS: dict[Variant, Path] = {
+    "base": Path("speech_tokenizer/hifigan_spiritlm_base"),
+    "expressive": Path("speech_tokenizer/hifigan_spiritlm_expressive_w2v2"),
+}
+BASE_VOCODER_DIR = VOCODER_DIRS["base"]
 LANGUAGE_MODELS_DIR = Path("spiritlm_model")
-BASE_MODEL_NAME = "spirit-lm-base-7b"
+MODEL_NAMES: dict[Variant, str] = {"base": "spirit-lm-base-7b", "expressive": "spirit-lm-expressive-7b"}
+BASE_MODEL_NAME = MODEL_NAMES["base"]
+UNIT_COUNTS: dict[Variant, dict[UnitKind, int]] = {
+    "base": {"Hu": 501},
+    "expressive": {"Hu": 501, "Pi": 64, "St": 100},
+}
 # Apache-2.0 Llama-layout 32000-piece SentencePiece model shipped by mistral-common (a vLLM dependency).
 _LLAMA_LAYOUT_TOKENIZER = "mistral_common/data/tokenizer.model.v1"
-_BASE_UNIT_COUNTS = {"Hu": 501}
 
 
 @dataclass(frozen=True)
@@ -46,9 +65,11 @@ class SpiritCheckpoint:
     language_model: LanguageModelFolder
     hubert_dir: Path
     vocoder_dir: Path
+    pitch_dir: Path | None = None  # expressive only
+    style_dir: Path | None = None  # expressive only
 
     @property
-    def variant(self) -> str:
+    def variant(self) -> Variant:
         return self.language_model.variant
 
 
@@ -67,24 +88,38 @@ def resolve_root(cli_root: Path | None) -> tuple[Path, bool]:
     return embedded_default_root(), True
 
 
-def open_checkpoint(root: Path) -> SpiritCheckpoint:
-    """Find the base variant under `root` and check every folder it needs exists."""
-    if not root.is_dir():
-        raise CheckpointError(f"checkpoint root not found: {root}")
-    models_dir = root / LANGUAGE_MODELS_DIR
+def _choose_language_model(models_dir: Path, variant: Variant | None) -> LanguageModelFolder:
+    """The LM folder of the asked variant; unasked, the only one present, else base."""
     candidates = sorted(path for path in models_dir.glob("*") if (path / "config.json").is_file())
     if not candidates:
-        raise CheckpointError(f"no language model under {models_dir} (expected e.g. {models_dir / BASE_MODEL_NAME})")
+        example = models_dir / MODEL_NAMES["base"]
+        raise CheckpointError(f"no language model under {models_dir} (expected e.g. {example})")
     folders = [open_language_model(path) for path in candidates]
-    base = [folder for folder in folders if folder.variant == "base"]
-    if not base:
+    present = {folder.variant for folder in folders}
+    wanted = variant or (folders[0].variant if len(present) == 1 else "base")
+    matching = [folder for folder in folders if folder.variant == wanted]
+    if not matching:
         found = ", ".join(f"{folder.path.name} ({folder.variant})" for folder in folders)
-        raise CheckpointError(f"no base-variant language model under {models_dir}; found {found}")
+        raise CheckpointError(f"no {wanted}-variant language model under {models_dir}; found {found}")
+    return matching[0]
+
+
+def open_checkpoint(root: Path, variant: Variant | None = None) -> SpiritCheckpoint:
+    """Find the variant's language model under `root` and check every speech folder it needs exists."""
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint root not found: {root}")
+    language_model = _choose_language_model(root / LANGUAGE_MODELS_DIR, variant)
+    expressive = language_model.variant == "expressive"
     checkpoint = SpiritCheckpoint(
-        root=root, language_model=base[0], hubert_dir=root / HUBERT_DIR, vocoder_dir=root / BASE_VOCODER_DIR
+        root=root,
+        language_model=language_model,
+        hubert_dir=root / HUBERT_DIR,
+        vocoder_dir=root / VOCODER_DIRS[language_model.variant],
+        pitch_dir=root / PITCH_DIR if expressive else None,
+        style_dir=root / STYLE_DIR if expressive else None,
     )
-    for folder in (checkpoint.hubert_dir, checkpoint.vocoder_dir):
-        if not folder.is_dir():
+    for folder in (checkpoint.hubert_dir, checkpoint.vocoder_dir, checkpoint.pitch_dir, checkpoint.style_dir):
+        if folder is not None and not folder.is_dir():
             raise CheckpointError(f"speech tokenizer folder not found: {folder}")
     return checkpoint
 
@@ -98,18 +133,23 @@ def _llama_layout_tokenizer() -> Path:
     return path
 
 
-def make_tiny_bundle(root: Path, seed: int = 0) -> None:
-    """Write a complete base bundle with tiny random weights, file for file in the official layout."""
+def make_tiny_bundle(root: Path, variant: Variant = "base", seed: int = 0) -> None:
+    """Write a complete bundle of one variant with tiny random weights, file for file in the official layout."""
     write_tiny_phonetic_tokenizer(root / HUBERT_DIR, seed=seed)
-    write_tiny_base_vocoder(root / BASE_VOCODER_DIR, seed=seed)
+    if variant == "expressive":
+        write_tiny_pitch_tokenizer(root / PITCH_DIR, seed=seed)
+        write_tiny_style_tokenizer(root / STYLE_DIR, seed=seed)
+        write_tiny_expressive_vocoder(root / VOCODER_DIRS["expressive"], seed=seed)
+    else:
+        write_tiny_base_vocoder(root / VOCODER_DIRS["base"], seed=seed)
     write_tiny_language_model(
-        root / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME,
+        root / LANGUAGE_MODELS_DIR / MODEL_NAMES[variant],
         base_tokenizer=_llama_layout_tokenizer(),
-        unit_counts=_BASE_UNIT_COUNTS,
-        vocab_size=OFFICIAL_VOCAB_SIZES["base"],
+        unit_counts=UNIT_COUNTS[variant],
+        vocab_size=OFFICIAL_VOCAB_SIZES[variant],
         seed=seed,
     )
-    logger.info("wrote a tiny base bundle to %s", root)
+    logger.info("wrote a tiny %s bundle to %s", variant, root)
 
 
 def ensure_embedded_default(root: Path) -> None:

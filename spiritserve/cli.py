@@ -5,16 +5,21 @@ Import-safe: vLLM spawns worker processes that re-import the main module, so not
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> None:
+    # Everything is loaded from the checkpoint root; transformers must never try a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import uvicorn
 
     from spiritserve.server.app import build_app
     from spiritserve.settings import Settings
 
-    overrides = {key: value for key, value in vars(args).items() if key in ("checkpoints", "host", "port") and value}
+    overrides = {
+        key: value for key, value in vars(args).items() if key in ("checkpoints", "variant", "host", "port") and value
+    }
     settings = Settings(**overrides)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
 
@@ -22,8 +27,8 @@ def _serve(args: argparse.Namespace) -> None:
 def _make_tiny(args: argparse.Namespace) -> None:
     from spiritserve.checkpoints import make_tiny_bundle
 
-    make_tiny_bundle(args.out, seed=args.seed)
-    print(f"wrote a tiny base bundle to {args.out}")
+    make_tiny_bundle(args.out, variant=args.variant, seed=args.seed)
+    print(f"wrote a tiny {args.variant} bundle to {args.out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,12 +39,14 @@ def main(argv: list[str] | None = None) -> None:
         "serve", help="serve the REST API (no --checkpoints: SPIRITLM_CHECKPOINTS_DIR, else the embedded tiny bundle)"
     )
     serve.add_argument("--checkpoints", type=Path, help="Spirit LM checkpoint root in the official layout")
+    serve.add_argument("--variant", choices=["base", "expressive"], help="default: the only one present, else base")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.set_defaults(run=_serve)
 
     tiny = commands.add_parser("make-tiny", help="write a tiny random bundle in the official layout")
     tiny.add_argument("--out", type=Path, required=True, help="checkpoint root to create")
+    tiny.add_argument("--variant", choices=["base", "expressive"], default="base")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_make_tiny)
 

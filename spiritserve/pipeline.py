@@ -10,7 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -19,14 +19,17 @@ from spiritserve.checkpoints import SpiritCheckpoint
 from spiritserve.engine.engine import LanguageModelEngine, TokenRequest
 from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
 from spiritserve.errors import BadAudioError, BadRequestError
-from spiritserve.tokenizers.phonetic import PhoneticTokenizer
+from spiritserve.tokenizers.speech import SpeechTokenizer, SpeechUnits
 from spiritserve.tokens import (
     TEXT_MARKER,
+    AlignedUnits,
     Modality,
     OutputModality,
     PromptSegment,
+    UnitKind,
+    align_units,
     build_prompt,
-    hubert_string,
+    fallback_style,
 )
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
 
@@ -59,14 +62,17 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class OutputSegment:
+    """A run of generated text, or of generated speech kept as its unit-token string."""
+
     modality: Modality
     text: str = ""
-    units: list[int] = field(default_factory=list)
+    tokens: str = ""
 
 
 @dataclass(frozen=True)
 class GenerationResult:
     segments: list[OutputSegment]
+    speech: AlignedUnits  # all generated speech, pitch and style one per Hu unit (empty for base)
     audio: VocoderOutput | None
     prompt_tokens: int
     generated_tokens: int
@@ -77,8 +83,8 @@ class GenerationResult:
         return "".join(segment.text for segment in self.segments)
 
     @property
-    def units(self) -> list[int]:
-        return [unit for segment in self.segments for unit in segment.units]
+    def tokens(self) -> str:
+        return "".join(segment.tokens for segment in self.segments)
 
 
 @dataclass(frozen=True)
@@ -90,46 +96,82 @@ class PipelineLimits:
     max_model_len: int
 
 
+# Expressive speech without any generated [Pi] token (§16.1a: the reference crashes) is vocoded at this
+# pitch code, the middle of the 64-code book; the style then comes from `fallback_style`.
+FALLBACK_PITCH = 32
+
+
 class SpiritPipeline:
     def __init__(
         self,
         checkpoint: SpiritCheckpoint,
-        phonetic: PhoneticTokenizer,
+        speech_tokenizer: SpeechTokenizer,
         vocoder: UnitVocoder,
         engine: LanguageModelEngine,
         limits: PipelineLimits,
     ) -> None:
         self.checkpoint = checkpoint
         self.tokenizer = checkpoint.language_model.tokenizer
-        self.phonetic = phonetic
+        self.speech_tokenizer = speech_tokenizer
         self.vocoder = vocoder
         self.engine = engine
         self.limits = limits
+        self.vocoder_sizes: dict[UnitKind, int] = {
+            "Hu": vocoder.num_units,
+            "Pi": vocoder.num_pitch_units,
+            "St": vocoder.num_style_units,
+        }
         self._speech_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speech-worker")
+
+    @property
+    def is_expressive(self) -> bool:
+        return self.vocoder.is_expressive
 
     async def _on_speech_worker(self, function: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._speech_worker, function, *args)
 
-    async def tokenize(self, audio: np.ndarray) -> list[int]:
-        """16 kHz mono audio → undeduplicated 25 Hz HuBERT units."""
-        (units,) = await self._on_speech_worker(self.phonetic.encode, [audio])
-        if not units:
+    async def tokenize(self, audio: np.ndarray) -> SpeechUnits:
+        """16 kHz mono audio → raw units of every stream the variant uses."""
+        (units,) = await self._on_speech_worker(self.speech_tokenizer.encode, [audio])
+        if not units.hubert:
             raise BadAudioError("the audio is too short to yield any speech unit (at least 80 ms is needed)")
         return units
 
     async def synthesize(
-        self, units: list[int], speaker: int | None, style: int | None, predict_durations: bool = True
+        self,
+        units: AlignedUnits,
+        speaker: int | None,
+        style: int | None = None,
+        predict_durations: bool = True,
     ) -> VocoderOutput:
+        """Vocode units. For the expressive vocoder, pitch and style are either one per Hu unit (LM output)
+        or raw 12.5 Hz / 1 Hz streams (resynthesis of undeduplicated units); the vocoder tells them apart."""
         speaker = self.vocoder.default_speaker if speaker is None else speaker
+        pitch = units.pitch or None
+        style_units = units.style or None
         try:
-            return await self._on_speech_worker(self.vocoder.decode, units, speaker, style, predict_durations)
+            return await self._on_speech_worker(
+                self.vocoder.decode, units.hubert, speaker, style, predict_durations, pitch, style_units
+            )
         except ValueError as exc:  # out-of-range speaker, style or unit: the caller's values
             raise BadRequestError(str(exc)) from exc
+
+    def align(self, tokens: str, style_seed: int | None) -> AlignedUnits:
+        """Generated (or given) speech tokens → vocoder streams, filling what the model left out."""
+        aligned = align_units(tokens, style_seed)
+        if not self.is_expressive:
+            if "[Pi" in tokens or "[St" in tokens:
+                raise BadRequestError("this is the base variant: pitch [Pi] and style [St] tokens are not accepted")
+            return aligned
+        if aligned.hubert and not aligned.pitch:
+            count = len(aligned.hubert)
+            return AlignedUnits(aligned.hubert, [FALLBACK_PITCH] * count, [fallback_style(style_seed)] * count)
+        return aligned
 
     async def _prompt_segment(self, item: GenerationInput) -> PromptSegment:
         if item.modality == Modality.TEXT or item.audio is None:
             return PromptSegment(item.modality, item.text)
-        return PromptSegment(Modality.SPEECH, hubert_string(await self.tokenize(item.audio)))
+        return PromptSegment(Modality.SPEECH, (await self.tokenize(item.audio)).to_string())
 
     def _token_budget(self, output: OutputModality, options: SamplingOptions, prompt_tokens: int) -> int:
         if options.max_speech_seconds is not None and options.max_speech_seconds > self.limits.max_speech_seconds:
@@ -142,9 +184,11 @@ class SpiritPipeline:
         elif output == OutputModality.TEXT:
             budget = self.limits.default_text_tokens
         else:
-            budget = speech_token_budget(options.max_speech_seconds or self.limits.default_speech_seconds)
+            seconds = options.max_speech_seconds or self.limits.default_speech_seconds
+            budget = speech_token_budget(seconds, self.vocoder_sizes)
         if output != OutputModality.TEXT:
-            budget = min(budget, speech_token_budget(options.max_speech_seconds or self.limits.max_speech_seconds))
+            seconds = options.max_speech_seconds or self.limits.max_speech_seconds
+            budget = min(budget, speech_token_budget(seconds, self.vocoder_sizes))
         room = self.limits.max_model_len - prompt_tokens
         if room <= 0:
             raise BadRequestError(
@@ -153,19 +197,17 @@ class SpiritPipeline:
         return min(budget, room)
 
     def _split_output(self, token_ids: list[int], output: OutputModality) -> list[OutputSegment]:
-        """Generated ids → alternating text and speech segments; markers switch, units become Hu numbers."""
+        """Generated ids → alternating text and speech segments; markers switch, units stay token strings."""
         current = Modality.SPEECH if output == OutputModality.SPEECH else Modality.TEXT
         segments: list[OutputSegment] = []
-        text_ids: list[int] = []
-        units: list[int] = []
+        run: list[int] = []  # ids of the current run
 
         def close() -> None:
-            if current == Modality.TEXT and text_ids:
-                segments.append(OutputSegment(Modality.TEXT, text=self.tokenizer.decode_text(text_ids)))
-            if current == Modality.SPEECH and units:
-                segments.append(OutputSegment(Modality.SPEECH, units=list(units)))
-            text_ids.clear()
-            units.clear()
+            if run and current == Modality.TEXT:
+                segments.append(OutputSegment(Modality.TEXT, text=self.tokenizer.decode_text(run)))
+            elif run:
+                segments.append(OutputSegment(Modality.SPEECH, tokens="".join(self.tokenizer.pieces(run))))
+            run.clear()
 
         def switch(modality: Modality) -> None:
             nonlocal current
@@ -179,11 +221,10 @@ class SpiritPipeline:
                 switch(Modality.TEXT if piece.marker == TEXT_MARKER else Modality.SPEECH)
             elif piece.unit_kind is not None:
                 switch(Modality.SPEECH)
-                if piece.unit_kind == "Hu":
-                    units.append(piece.unit)
+                run.append(token_id)
             elif token_id != self.tokenizer.eos_id:
                 switch(Modality.TEXT)
-                text_ids.append(token_id)
+                run.append(token_id)
         close()
         return segments
 
@@ -201,7 +242,7 @@ class SpiritPipeline:
         request = TokenRequest(
             prompt_ids=prompt_ids,
             max_tokens=self._token_budget(output, options, len(prompt_ids)),
-            allowed_token_ids=allowed_token_ids(self.tokenizer, output, self.vocoder.num_units),
+            allowed_token_ids=allowed_token_ids(self.tokenizer, output, self.vocoder_sizes),
             stop_token_ids=[] if output == OutputModality.SPEECH else [self.tokenizer.eos_id],
             temperature=options.temperature,
             top_p=options.top_p,
@@ -214,10 +255,10 @@ class SpiritPipeline:
             generated.extend(delta.token_ids)
             finish_reason = delta.finish_reason or finish_reason
         output_segments = self._split_output(generated, output)
-        units = [unit for segment in output_segments for unit in segment.units]
+        speech = self.align("".join(segment.tokens for segment in output_segments), options.seed)
         audio = None
         if output != OutputModality.TEXT:
-            audio = await self.synthesize(units, options.speaker, options.style)
+            audio = await self.synthesize(speech, options.speaker, options.style)
         logger.info(
             "request %s: %d prompt tokens, %d generated, finish=%s",
             request_id,
@@ -225,7 +266,7 @@ class SpiritPipeline:
             len(generated),
             finish_reason,
         )
-        return GenerationResult(output_segments, audio, len(prompt_ids), len(generated), finish_reason)
+        return GenerationResult(output_segments, speech, audio, len(prompt_ids), len(generated), finish_reason)
 
     async def warm_up(self) -> None:
         """Run one tiny request through every stage before reporting ready (first calls are the slowest)."""

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPIRITSERVE_", frozen=True)
 
     checkpoints: Path | None = Field(None, description="checkpoint root; unset: SPIRITLM_CHECKPOINTS_DIR, else tiny")
+    variant: Literal["base", "expressive"] | None = Field(
+        None, description="variant to serve; unset: the only one under the root, else base"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="speech stages' device; auto: CUDA if any")

@@ -37,16 +37,6 @@ def unit_piece(kind: UnitKind, unit: int) -> str:
     return f"[{kind}{unit}]"
 
 
-def deduplicate(units: list[int]) -> list[int]:
-    """Drop a unit equal to the one right before it (the LM was trained on deduplicated Hu units)."""
-    return [unit for index, unit in enumerate(units) if index == 0 or unit != units[index - 1]]
-
-
-def hubert_string(units: list[int]) -> str:
-    """Base-variant speech string: deduplicated `[Hu<n>]` tokens."""
-    return interleave({"Hu": units})
-
-
 # Token rates of the three streams (§8.2). HuBERT is 24.99, not 25, on purpose: a Hu token then sorts just
 # after a Pi or St token that shares its nominal 40 ms slot. Over ~100 s this drifts by one frame; the LM
 # was trained on strings made this way, so the drift is reproduced, not fixed.
@@ -122,14 +112,6 @@ def align_units(text: str, style_seed: int | None = None) -> AlignedUnits:
 def is_unit_string(text: str) -> bool:
     """True when `text` is nothing but unit tokens (the format `/v1/synthesize` accepts)."""
     return _TOKEN_STRING.fullmatch(text) is not None
-
-
-def parse_hubert_string(text: str) -> list[int]:
-    """Units of a base-variant speech string; ValueError for anything but `[Hu<n>]` tokens."""
-    units = parse_unit_string(text)
-    if not is_unit_string(text) or units["Pi"] or units["St"]:
-        raise ValueError(f"expected only [Hu<n>] unit tokens, e.g. '[Hu12][Hu7]'; got {text[:40]!r}")
-    return units["Hu"]
 
 
 def parse_unit_string(text: str) -> dict[UnitKind, list[int]]:

@@ -1,11 +1,13 @@
-"""Shared fixtures: one tiny official-layout bundle and one real server (real vLLM engine) per session."""
+"""Shared fixtures: tiny official-layout bundles and real servers (each with a real vLLM engine)."""
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,8 +35,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+@contextlib.contextmanager
+def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """`spiritserve serve` in a subprocess on a loopback port, ready (engine started, warmed up)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
@@ -43,7 +45,7 @@ def server_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> s
         "SPIRITSERVE_MAX_AUDIO_SECONDS": str(SERVER_MAX_AUDIO_SECONDS),
         "SPIRITSERVE_MAX_UPLOAD_BYTES": str(SERVER_MAX_UPLOAD_BYTES),
     }
-    command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(tiny_bundle), "--port", str(port)]
+    command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(root), "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -60,7 +62,8 @@ def server_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> s
             except httpx.TransportError:
                 pass
             time.sleep(1)
-        yield url
+        with httpx.Client(base_url=url, timeout=120) as client:
+            yield client
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -71,7 +74,18 @@ def server_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> s
                 process.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """The base-variant server, shared by the whole session (one vLLM engine)."""
+    with start_server(tiny_bundle, tmp_path_factory) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def server_url(server: httpx.Client) -> str:
+    return str(server.base_url).rstrip("/")
+
+
 @pytest.fixture()
-def client(server_url: str):
-    with httpx.Client(base_url=server_url, timeout=120) as http:
-        yield http
+def client(server: httpx.Client) -> httpx.Client:
+    return server

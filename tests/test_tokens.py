@@ -7,10 +7,8 @@ from spiritserve.tokens import (
     OutputModality,
     PromptSegment,
     build_prompt,
-    deduplicate,
-    hubert_string,
+    interleave,
     is_unit_string,
-    parse_hubert_string,
     parse_unit_string,
 )
 
@@ -23,9 +21,9 @@ SPEECH = PromptSegment(Modality.SPEECH, "[Hu99][Hu49][Hu361]")
 
 
 def test_base_string_deduplicates_consecutive_units_only():
-    assert hubert_string(REFERENCE_UNITS).startswith(REFERENCE_STRING_START)
-    assert deduplicate([5, 5, 6, 5, 5]) == [5, 6, 5]
-    assert hubert_string([]) == ""
+    assert interleave({"Hu": REFERENCE_UNITS}).startswith(REFERENCE_STRING_START)
+    assert interleave({"Hu": [5, 5, 6, 5, 5]}) == "[Hu5][Hu6][Hu5]"
+    assert interleave({"Hu": []}) == ""
 
 
 @pytest.mark.parametrize(
@@ -61,6 +59,3 @@ def test_unit_strings_parse_back():
     units = parse_unit_string("[Speech][St71][Pi39][Hu99][Hu49][Text]hi[Hu7]")
     assert units == {"Hu": [99, 49, 7], "Pi": [39], "St": [71]}
     assert is_unit_string("[Hu1][Hu22]") and not is_unit_string("[Hu1]x") and not is_unit_string("[Hu01a]")
-    assert parse_hubert_string("[Hu3][Hu3][Hu4]") == [3, 3, 4]
-    with pytest.raises(ValueError, match=r"\[Hu<n>\]"):
-        parse_hubert_string("[Hu3][Pi2]")

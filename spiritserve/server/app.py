@@ -25,7 +25,7 @@ from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
 from spiritserve.server.routes import ClientDisconnected, router
 from spiritserve.settings import Settings
-from spiritserve.tokenizers.phonetic import PhoneticTokenizer
+from spiritserve.tokenizers.speech import SpeechTokenizer
 from spiritserve.vocoder.base import UnitVocoder
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ async def load_pipeline(settings: Settings) -> SpiritPipeline:
     root, is_embedded_default = resolve_root(settings.checkpoints)
     if is_embedded_default:
         await asyncio.to_thread(ensure_embedded_default, root)
-    checkpoint = open_checkpoint(root)
+    checkpoint = open_checkpoint(root, settings.variant)
     device = _speech_device(settings)
     logger.info(
         "serving %s (%s variant) from %s; speech stages on %s",
@@ -50,7 +50,7 @@ async def load_pipeline(settings: Settings) -> SpiritPipeline:
         root,
         device,
     )
-    phonetic = await asyncio.to_thread(PhoneticTokenizer.from_dir, checkpoint.hubert_dir, device)
+    speech_tokenizer = await asyncio.to_thread(SpeechTokenizer.from_checkpoint, checkpoint, device)
     vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
     engine = LanguageModelEngine.start(
         checkpoint.language_model.path, settings.engine_settings(on_cpu=not torch.cuda.is_available())
@@ -62,7 +62,7 @@ async def load_pipeline(settings: Settings) -> SpiritPipeline:
         generation_timeout_s=settings.generation_timeout_s,
         max_model_len=settings.engine_max_model_len,
     )
-    return SpiritPipeline(checkpoint, phonetic, vocoder, engine, limits)
+    return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits)
 
 
 def _error(status_code: int, kind: str, message: str) -> JSONResponse:

@@ -32,7 +32,7 @@ from spiritserve.server.schemas import (
     Usage,
 )
 from spiritserve.settings import Settings
-from spiritserve.tokens import Modality, OutputModality, hubert_string, parse_hubert_string
+from spiritserve.tokens import AlignedUnits, Modality, OutputModality, is_unit_string
 
 T = TypeVar("T")
 WAV_MEDIA_TYPE = "audio/wav"
@@ -115,15 +115,16 @@ def _generation_body(result: GenerationResult) -> GenerationResponse:
     audio = result.audio
     return GenerationResponse(
         text=result.text,
-        tokens=hubert_string(result.units) if result.units else "",
-        units=result.units,
+        tokens=result.tokens,
+        units=result.speech.hubert,
+        pitch=result.speech.pitch or None,
+        style=result.speech.style or None,
         durations=audio.durations if audio is not None else None,
         segments=[
             OutputSegmentBody(
                 modality=segment.modality.value,
                 text=segment.text if segment.modality == Modality.TEXT else None,
-                tokens="".join(f"[Hu{unit}]" for unit in segment.units) if segment.units else None,
-                units=segment.units or None,
+                tokens=segment.tokens or None,
             )
             for segment in result.segments
         ],
@@ -188,15 +189,14 @@ async def continue_speech(
     return _respond(result, form.response_format)
 
 
-def _hubert_units(tokens: str) -> list[int]:
-    """The base variant takes Hu units only; pitch and style tokens arrive with the expressive variant."""
-    try:
-        return parse_hubert_string(tokens)
-    except ValueError as exc:
-        raise BadRequestError(f"'tokens': {exc}") from exc
+def _speech_units(tokens: str, pipeline: SpiritPipeline, style_seed: int | None = None) -> AlignedUnits:
+    """Check a unit-token string (base: Hu only; expressive: Hu, Pi, St) and align it for the vocoder."""
+    if not is_unit_string(tokens):
+        raise BadRequestError(f"'tokens' must be unit tokens only, e.g. '[Hu12][Hu7]'; got {tokens[:40]!r}")
+    return pipeline.align(tokens, style_seed)
 
 
-async def _generation_input(item, settings: Settings) -> GenerationInput:
+async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) -> GenerationInput:
     if not isinstance(item, SpeechInput):
         if len(item.text) > settings.max_text_chars:
             raise BadRequestError(
@@ -206,7 +206,7 @@ async def _generation_input(item, settings: Settings) -> GenerationInput:
     if (item.audio_base64 is None) == (item.tokens is None):
         raise BadRequestError("a speech input needs exactly one of 'audio_base64' or 'tokens'")
     if item.tokens is not None:
-        _hubert_units(item.tokens)
+        _speech_units(item.tokens, pipeline)
         return GenerationInput(Modality.SPEECH, text=item.tokens)
     try:
         data = base64.b64decode(item.audio_base64, validate=True)
@@ -222,7 +222,7 @@ async def _generation_input(item, settings: Settings) -> GenerationInput:
 @router.post("/v1/generate", dependencies=[Json], response_model=GenerationResponse)
 async def generate(request: Request, body: GenerateRequest, pipeline: PipelineDep, settings: SettingsDep) -> Response:
     """Any-to-any generation over an ordered list of text and speech inputs (the reference's `generate`)."""
-    inputs = [await _generation_input(item, settings) for item in body.inputs]
+    inputs = [await _generation_input(item, settings, pipeline) for item in body.inputs]
     result = await cancel_on_disconnect(
         request, pipeline.generate(inputs, body.output_modality, _sampling_options(body))
     )
@@ -235,11 +235,11 @@ async def tokenize(
     settings: SettingsDep,
     audio: Annotated[UploadFile, File(description="speech in any common format")],
 ) -> TokenizeResponse:
-    """Audio → the token string the LM would see, plus the raw 25 Hz units."""
+    """Audio → the token string the LM would see, plus the raw units of each stream."""
     waveform = await decode_upload(audio, settings)
     units = await pipeline.tokenize(waveform)
     return TokenizeResponse(
-        tokens=hubert_string(units), units={"hubert": units}, duration_seconds=len(waveform) / SAMPLE_RATE
+        tokens=units.to_string(), units=units.as_dict(), duration_seconds=len(waveform) / SAMPLE_RATE
     )
 
 
@@ -247,8 +247,17 @@ async def tokenize(
     "/v1/synthesize", dependencies=[Json], response_class=Response, responses={200: {"content": {WAV_MEDIA_TYPE: {}}}}
 )
 async def synthesize(body: SynthesizeRequest, pipeline: PipelineDep) -> Response:
-    """A unit token string → 16 kHz mono WAV through the HiFi-GAN vocoder."""
-    output = await pipeline.synthesize(_hubert_units(body.tokens), body.speaker, body.style, body.predict_durations)
+    """Unit tokens (as the LM writes them) or raw unit streams (as `/v1/tokenize` returns them) → 16 kHz WAV.
+
+    Raw expressive streams (12.5 Hz pitch, 1 Hz style) are resynthesis: durations are not predicted.
+    """
+    if (body.tokens is None) == (body.units is None):
+        raise BadRequestError("give exactly one of 'tokens' (a unit-token string) or 'units' (raw unit streams)")
+    if body.tokens is not None:
+        units = _speech_units(body.tokens, pipeline, body.seed)
+    else:
+        units = AlignedUnits(body.units.hubert, body.units.pitch, body.units.style)
+    output = await pipeline.synthesize(units, body.speaker, body.style, body.predict_durations)
     return Response(encode_wav(output.audio), media_type=WAV_MEDIA_TYPE)
 
 

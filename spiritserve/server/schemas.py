@@ -43,19 +43,29 @@ class GenerateRequest(SamplingFields):
     response_format: Literal["json", "wav"] = "json"
 
 
+class UnitStreams(BaseModel):
+    """Raw units as `/v1/tokenize` returns them: HuBERT 25 Hz, pitch 12.5 Hz, style 1 Hz (expressive)."""
+
+    model_config = ConfigDict(extra="forbid")
+    hubert: list[int] = Field(min_length=1, max_length=100_000)
+    pitch: list[int] = Field(default_factory=list, max_length=50_000)
+    style: list[int] = Field(default_factory=list, max_length=10_000)
+
+
 class SynthesizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tokens: str = Field(min_length=1, description="unit token string, e.g. [Hu12][Hu7][Hu99]")
-    speaker: int | None = Field(None, ge=0)
-    style: int | None = Field(None, ge=0)
+    tokens: str | None = Field(None, min_length=1, description="unit tokens, e.g. [Hu12][Hu7] or [St3][Pi9][Hu12]")
+    units: UnitStreams | None = Field(None, description="raw unit streams instead of tokens (resynthesis)")
+    speaker: int | None = Field(None, ge=0, description="vocoder speaker index (speakers.txt); default 2")
+    style: int | None = Field(None, ge=0, description="base vocoder's global style (styles.txt); default 8")
     predict_durations: bool = Field(True, description="false for raw undeduplicated 25 Hz units")
+    seed: int | None = Field(None, ge=0, description="picks the fallback style when expressive tokens have none")
 
 
 class OutputSegmentBody(BaseModel):
     modality: Literal["text", "speech"]
     text: str | None = None
     tokens: str | None = None
-    units: list[int] | None = None
 
 
 class Usage(BaseModel):
@@ -66,8 +76,10 @@ class Usage(BaseModel):
 
 class GenerationResponse(BaseModel):
     text: str
-    tokens: str = Field(description="generated speech units as a token string")
+    tokens: str = Field(description="generated speech as a unit-token string")
     units: list[int] = Field(description="generated HuBERT units (deduplicated, as the LM writes them)")
+    pitch: list[int] | None = Field(None, description="expressive: pitch unit per HuBERT unit")
+    style: list[int] | None = Field(None, description="expressive: style unit per HuBERT unit")
     durations: list[int] | None = Field(None, description="vocoder frames (40 ms) per unit, when audio was made")
     segments: list[OutputSegmentBody]
     audio_base64: str | None = Field(None, description="16 kHz mono 16-bit WAV, when speech was generated")
@@ -77,7 +89,9 @@ class GenerationResponse(BaseModel):
 
 class TokenizeResponse(BaseModel):
     tokens: str = Field(description="the interleaved token string the LM sees (deduplicated)")
-    units: dict[str, list[int]] = Field(description="raw 25 Hz units per stream, undeduplicated")
+    units: dict[str, list[int]] = Field(
+        description="raw undeduplicated units per stream: hubert (25 Hz); expressive also pitch (12.5 Hz), style (1 Hz)"
+    )
     duration_seconds: float
 
 

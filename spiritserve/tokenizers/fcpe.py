@@ -77,9 +77,9 @@ class FCPEConfig:
 
     @classmethod
     def from_config_dict(cls, config: Any, source: Path) -> "FCPEConfig":
-        if not isinstance(config, dict) or not isinstance(config.get("mel"), dict):
-            raise CheckpointError(f"{source}: config_dict must be a dict with 'mel' and 'model' sections")
-        if not isinstance(config.get("model"), dict):
+        if not (
+            isinstance(config, dict) and isinstance(config.get("mel"), dict) and isinstance(config.get("model"), dict)
+        ):
             raise CheckpointError(f"{source}: config_dict must be a dict with 'mel' and 'model' sections")
         reject_unknown_keys(config, CONFIG_SECTIONS, source)
         mel, model = config["mel"], config["model"]
@@ -105,8 +105,10 @@ class FCPEConfig:
         except KeyError as exc:
             raise CheckpointError(f"{source}: config_dict lacks {exc}") from exc
         for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise CheckpointError(f"{source}: config {name} must be a non-negative number, found {value!r}")
+            is_float = name in ("fmin", "fmax", "f0_min", "f0_max")
+            if isinstance(value, bool) or not isinstance(value, (int, float) if is_float else int) or value < 0:
+                kind = "number" if is_float else "int"
+                raise CheckpointError(f"{source}: config {name} must be a non-negative {kind}, found {value!r}")
         if values["sample_rate"] != SAMPLE_RATE:
             raise CheckpointError(f"{source}: mel.sr {values['sample_rate']} != {SAMPLE_RATE} (no resampling here)")
         if values["hidden_dims"] % 4:
@@ -216,10 +218,12 @@ class ConvModule(nn.Module):
         )
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x (B, T, C), mask (B, 1, T)
-        h = self.net["2"](self.net["0"](x).transpose(1, 2))  # (B, 4C, T)
-        h = F.glu(h, dim=1) * mask  # (B, 2C, T), padded frames zero as past a real sequence end
-        h = self.net["6"](F.silu(self.net["4"]["conv"](h)))  # (B, C, T)
-        return h.transpose(1, 2)
+        # The kernel-1 convs run as matmuls on (B, T, C): same weights, about 3x faster than conv1d on CPU.
+        expand, project = self.net["2"], self.net["6"]
+        h = F.glu(F.linear(self.net["0"](x), expand.weight[..., 0], expand.bias), dim=-1)  # (B, T, 2C)
+        h = h.transpose(1, 2) * mask  # (B, 2C, T), padded frames zero as past a real sequence end
+        h = F.silu(self.net["4"]["conv"](h)).transpose(1, 2)  # (B, T, 2C)
+        return F.linear(h, project.weight[..., 0], project.bias)  # (B, T, C)
 
 
 class EncoderLayer(nn.Module):

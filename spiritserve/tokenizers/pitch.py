@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
-SAMPLE_RATE = 16_000
 MAX_CHUNK_SAMPLES = 1_600_000  # 100 s; longer audio is cut into independent chunks, no overlap
 MIN_CHUNK_SAMPLES = 1_280  # 80 ms; shorter chunks (including a short tail) give no units, as in the reference
 FEATURES = ("f0_interp,vuv", "f0,vuv", "norm_f0_interp,vuv", "norm_f0,vuv")  # the reference asserts one of these
@@ -79,22 +78,28 @@ class ConvStackConfig:
         for key in ("input_emb_width", "output_emb_width", "width", "depth"):
             if not _is_int(params.get(key)) or params[key] < 1:
                 raise CheckpointError(f"{source}: {name}.{key} must be a positive int, found {params.get(key)!r}")
-        optional = {key: params[key] for key in ("m_conv", "dilation_growth_rate", "dilation_cycle") if key in params}
-        flags = {key: params[key] for key in ("res_scale", "reverse_decoder_dilation") if key in params}
-        for key, value in flags.items():
-            if not isinstance(value, bool):
-                raise CheckpointError(f"{source}: {name}.{key} must be a bool, found {value!r}")
-        if isinstance(optional.get("m_conv", 1.0), bool) or not isinstance(optional.get("m_conv", 1.0), (int, float)):
-            raise CheckpointError(f"{source}: {name}.m_conv must be a number, found {optional['m_conv']!r}")
-        if not _is_int(optional.get("dilation_growth_rate", 1)) or optional.get("dilation_growth_rate", 1) < 1:
-            raise CheckpointError(f"{source}: {name}.dilation_growth_rate must be a positive int")
-        cycle = optional.get("dilation_cycle")
-        if cycle is not None and (not _is_int(cycle) or cycle < 1):
-            raise CheckpointError(f"{source}: {name}.dilation_cycle must be a positive int or null, found {cycle!r}")
+        optional = {
+            "m_conv": params.get("m_conv", 1.0),
+            "dilation_growth_rate": params.get("dilation_growth_rate", 1),
+            "dilation_cycle": params.get("dilation_cycle"),
+            "res_scale": params.get("res_scale", False),
+            "reverse_decoder_dilation": params.get("reverse_decoder_dilation", False),
+        }
+        valid = {
+            "m_conv": type(optional["m_conv"]) in (int, float) and optional["m_conv"] > 0,
+            "dilation_growth_rate": _is_int(optional["dilation_growth_rate"]) and optional["dilation_growth_rate"] > 0,
+            "dilation_cycle": optional["dilation_cycle"] is None
+            or (_is_int(optional["dilation_cycle"]) and optional["dilation_cycle"] > 0),
+            "res_scale": isinstance(optional["res_scale"], bool),
+            "reverse_decoder_dilation": isinstance(optional["reverse_decoder_dilation"], bool),
+        }
+        for key, ok in valid.items():
+            if not ok:
+                raise CheckpointError(f"{source}: {name}.{key} has an invalid value {optional[key]!r}")
         return cls(
             input_emb_width=params["input_emb_width"], output_emb_width=params["output_emb_width"],
             down_t=per_level["downs_t"], stride_t=per_level["strides_t"], width=params["width"],
-            depth=params["depth"], **optional, **flags,
+            depth=params["depth"], **optional,
         )  # fmt: skip
 
     @property
@@ -333,7 +338,7 @@ def read_vqvae_checkpoint(path: Path) -> Any:
 
     The official file is a full training pickle that the reference loads with ``weights_only=False`` (our
     compatibility notes record it needs that), so a refusal there is expected; it comes from the operator's
-    checkpoint directory, the same trust as the weights themselves. Only the ``model`` state dict is kept.
+    checkpoint directory, the same trust as the weights themselves; ``from_dir`` keeps only its ``model`` dict.
     """
     try:
         return read_checkpoint(path)
@@ -402,7 +407,7 @@ class PitchTokenizer:
                     chunks.append((index, chunk))
 
         # FCPE on batches of chunks of similar length (sorted), up to max_batch_samples padded samples each.
-        tracks: list[tuple[Tensor, Tensor]] = [None] * len(chunks)  # type: ignore[list-item]
+        tracks: dict[int, tuple[Tensor, Tensor]] = {}  # chunk index -> (F0, voicing) at 200 Hz
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i][1]))
         batch: list[int] = []
         for position, chunk_index in enumerate(order):
@@ -415,7 +420,8 @@ class PitchTokenizer:
 
         units_per_waveform: list[list[int]] = [[] for _ in waveforms]
         with torch.inference_mode():
-            for (index, _), (f0, voicing) in zip(chunks, tracks, strict=True):
+            for chunk_index, (index, _) in enumerate(chunks):
+                f0, voicing = tracks[chunk_index]
                 features = vqvae_input(f0, voicing, self.vqvae.config.normalize_f0)  # (2, T) at 200 Hz
                 codes = self.vqvae.encode(features[None].to(self._device))  # (1, T // 16)
                 units_per_waveform[index].extend(codes[0].tolist())

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from spiritserve.checkpoints import BASE_VOCODER_DIR
-from spiritserve.tokens import hubert_string
+from spiritserve.tokens import interleave
 from spiritserve.vocoder.base import UnitVocoder
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -139,7 +139,7 @@ def test_tokenize_gives_the_token_string_and_raw_units(client):
     samples = soundfile.info(CLIP).frames
     # The 25 Hz conv stack: 720-sample receptive field, 640-sample hop (146,160 samples → 228 frames).
     assert len(body["units"]["hubert"]) == (samples - 720) // HOP + 1
-    assert body["tokens"] == hubert_string(body["units"]["hubert"])
+    assert body["tokens"] == interleave({"Hu": body["units"]["hubert"]})
     assert body["duration_seconds"] == pytest.approx(samples / 16000)
 
 
@@ -192,7 +192,8 @@ def test_wrong_content_type_and_malformed_json(client):
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"inputs": []}, "inputs"),
         ({"inputs": [{"type": "speech"}]}, "exactly one"),
-        ({"inputs": [{"type": "speech", "tokens": "[Hu1][Pi3]"}]}, "Hu<n>"),
+        ({"inputs": [{"type": "speech", "tokens": "[Hu1][Pi3]"}]}, "base variant"),
+        ({"inputs": [{"type": "speech", "tokens": "[Hu1] hi"}]}, "unit tokens only"),
         ({"inputs": [{"type": "speech", "audio_base64": "***"}]}, "base64"),
         ({"inputs": [{"type": "image", "text": "x"}]}, "inputs"),
         ({"speaker": 9, "output_modality": "speech"}, "speaker 9"),
@@ -208,7 +209,7 @@ def test_invalid_generation_requests_get_422_naming_the_problem(client, change, 
 
 
 def test_synthesize_rejects_bad_tokens(client):
-    for tokens, expected in [("hello", "Hu<n>"), ("[Hu600]", "600"), ("[Hu1][St2]", "Hu<n>")]:
+    for tokens, expected in [("hello", "unit tokens only"), ("[Hu600]", "600"), ("[Hu1][St2]", "base variant")]:
         response = client.post("/v1/synthesize", json={"tokens": tokens})
         assert response.status_code == 422 and expected in _error(response), response.text
 

@@ -1,0 +1,69 @@
+"""Speech → units for either variant: HuBERT always, pitch and style for the expressive variant.
+
+One small interface over the three encoders so the pipeline never branches on the variant to tokenize:
+`encode(waveforms) -> list[SpeechUnits]`, and `SpeechUnits.to_string()` for the LM's token string.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spiritserve.checkpoints import SpiritCheckpoint
+from spiritserve.tokenizers.phonetic import PhoneticTokenizer
+from spiritserve.tokenizers.pitch import PitchTokenizer
+from spiritserve.tokenizers.style import StyleTokenizer
+from spiritserve.tokens import interleave
+
+
+@dataclass(frozen=True)
+class SpeechUnits:
+    """Raw, undeduplicated streams: HuBERT at 25 Hz, pitch at 12.5 Hz, style at 1 Hz (empty for base)."""
+
+    hubert: list[int]
+    pitch: list[int] = field(default_factory=list)
+    style: list[int] = field(default_factory=list)
+
+    def to_string(self) -> str:
+        """The interleaved, deduplicated token string the LM was trained on (§8.2)."""
+        return interleave({"Hu": self.hubert, "Pi": self.pitch, "St": self.style})
+
+    def as_dict(self) -> dict[str, list[int]]:
+        streams = {"hubert": self.hubert, "pitch": self.pitch, "style": self.style}
+        return {name: units for name, units in streams.items() if units or name == "hubert"}
+
+
+class SpeechTokenizer:
+    """Synchronous; the pipeline calls it on its speech-worker thread."""
+
+    def __init__(
+        self, phonetic: PhoneticTokenizer, pitch: PitchTokenizer | None = None, style: StyleTokenizer | None = None
+    ) -> None:
+        if (pitch is None) != (style is None):
+            raise ValueError("the expressive variant needs both a pitch and a style tokenizer")
+        self.phonetic = phonetic
+        self.pitch = pitch
+        self.style = style
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: SpiritCheckpoint, device: str) -> "SpeechTokenizer":
+        phonetic = PhoneticTokenizer.from_dir(checkpoint.hubert_dir, device)
+        if checkpoint.pitch_dir is None or checkpoint.style_dir is None:
+            return cls(phonetic)
+        return cls(
+            phonetic,
+            PitchTokenizer.from_dir(checkpoint.pitch_dir, device),
+            StyleTokenizer.from_dir(checkpoint.style_dir, device),
+        )
+
+    @property
+    def is_expressive(self) -> bool:
+        return self.pitch is not None
+
+    def encode(self, waveforms: list[np.ndarray]) -> list[SpeechUnits]:
+        """16 kHz mono float32 waveforms → units per waveform (empty hubert for clips under 80 ms)."""
+        hubert = self.phonetic.encode(waveforms)
+        if self.pitch is None or self.style is None:
+            return [SpeechUnits(units) for units in hubert]
+        pitch = self.pitch.encode(waveforms)
+        style = self.style.encode(waveforms)
+        return [SpeechUnits(*streams) for streams in zip(hubert, pitch, style, strict=True)]
