@@ -2,12 +2,14 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from spiritserve.checkpoints import BASE_MODEL_NAME, LANGUAGE_MODELS_DIR, open_checkpoint
+from spiritserve.checkpoints import BASE_MODEL_NAME, LANGUAGE_MODELS_DIR, make_tiny_bundle, open_checkpoint
 from spiritserve.errors import CheckpointError
 
 OFFICIAL_BASE_FILES = [
@@ -58,3 +60,37 @@ def test_incomplete_roots_fail_with_the_missing_path(tiny_bundle: Path, tmp_path
     )
     with pytest.raises(CheckpointError, match="hifigan_spiritlm_base"):
         open_checkpoint(broken)
+
+
+def test_variant_choice_when_a_root_holds_both(tmp_path: Path):
+    root = tmp_path / "both"
+    make_tiny_bundle(root, variant="base")
+    make_tiny_bundle(root, variant="expressive")
+    assert open_checkpoint(root).variant == "base"  # both present, none asked: base
+    expressive = open_checkpoint(root, "expressive")
+    assert expressive.variant == "expressive"
+    assert expressive.vocoder_dir.name == "hifigan_spiritlm_expressive_w2v2"
+    assert expressive.pitch_dir.name == "vqvae_f0_quantizer" and expressive.style_dir.name == "style_encoder_w2v2"
+    only_expressive = tmp_path / "expressive"
+    make_tiny_bundle(only_expressive, variant="expressive")
+    assert open_checkpoint(only_expressive).variant == "expressive"  # the only one present
+    with pytest.raises(CheckpointError, match="no base-variant language model"):
+        open_checkpoint(only_expressive, "base")
+
+
+def test_serving_a_bundle_with_a_wrong_key_fails_naming_file_and_key(tmp_path: Path):
+    """What an operator sees: `spiritserve serve` exits with the file and the key, before any engine starts."""
+    root = tmp_path / "broken"
+    make_tiny_bundle(root, variant="expressive")
+    generator_path = root / "speech_tokenizer" / "hifigan_spiritlm_expressive_w2v2" / "generator.pt"
+    checkpoint = torch.load(generator_path, weights_only=True)
+    checkpoint["generator"]["f0_dict.weight"] = checkpoint["generator"]["f0_dict.weight"][:10]
+    torch.save(checkpoint, generator_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(root), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "generator.pt" in result.stderr and "f0_dict.weight" in result.stderr
