@@ -5,16 +5,15 @@ never blocks; the LM streams from vLLM. HTTP knows nothing of this module's inte
 call here and map the result.
 """
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 
+from spiritserve.batching import BatchStats, MicroBatcher
 from spiritserve.checkpoints import SpiritCheckpoint
 from spiritserve.engine.engine import LanguageModelEngine, TokenRequest
 from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
@@ -34,7 +33,6 @@ from spiritserve.tokens import (
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,18 @@ class PipelineLimits:
     default_text_tokens: int
     generation_timeout_s: float
     max_model_len: int
+    batch_max_size: int = 16
+    batch_max_wait_s: float = 0.005
+
+
+@dataclass(frozen=True)
+class VocodeRequest:
+    units: list[int]
+    speaker: int
+    style: int | None
+    predict_durations: bool
+    pitch: list[int] | None
+    style_units: list[int] | None
 
 
 # Expressive speech without any generated [Pi] token (§16.1a: the reference crashes) is vocoded at this
@@ -109,6 +119,7 @@ class SpiritPipeline:
         vocoder: UnitVocoder,
         engine: LanguageModelEngine,
         limits: PipelineLimits,
+        on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.tokenizer = checkpoint.language_model.tokenizer
@@ -121,18 +132,32 @@ class SpiritPipeline:
             "Pi": vocoder.num_pitch_units,
             "St": vocoder.num_style_units,
         }
+        # One worker thread owns the speech models; the batchers feed it whole batches.
         self._speech_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speech-worker")
+        batching = dict(
+            executor=self._speech_worker,
+            max_batch_size=limits.batch_max_size,
+            max_wait_s=limits.batch_max_wait_s,
+            on_batch=on_batch,
+        )
+        self._tokenize_batcher = MicroBatcher("speech_tokenizer", speech_tokenizer.encode, **batching)
+        self._vocode_batcher = MicroBatcher("vocoder", self._vocode_batch, **batching)
 
     @property
     def is_expressive(self) -> bool:
         return self.vocoder.is_expressive
 
-    async def _on_speech_worker(self, function: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._speech_worker, function, *args)
+    def _vocode_batch(self, requests: list[VocodeRequest]) -> list[VocoderOutput]:
+        """Runs each sequence through the vocoder in turn (sequences of different lengths are not padded
+        together, which would change their last samples); batching here only saves thread hand-offs."""
+        return [
+            self.vocoder.decode(r.units, r.speaker, r.style, r.predict_durations, r.pitch, r.style_units)
+            for r in requests
+        ]
 
     async def tokenize(self, audio: np.ndarray) -> SpeechUnits:
         """16 kHz mono audio → raw units of every stream the variant uses."""
-        (units,) = await self._on_speech_worker(self.speech_tokenizer.encode, [audio])
+        units = await self._tokenize_batcher.submit(audio)
         if not units.hubert:
             raise BadAudioError("the audio is too short to yield any speech unit (at least 80 ms is needed)")
         return units
@@ -146,13 +171,16 @@ class SpiritPipeline:
     ) -> VocoderOutput:
         """Vocode units. For the expressive vocoder, pitch and style are either one per Hu unit (LM output)
         or raw 12.5 Hz / 1 Hz streams (resynthesis of undeduplicated units); the vocoder tells them apart."""
-        speaker = self.vocoder.default_speaker if speaker is None else speaker
-        pitch = units.pitch or None
-        style_units = units.style or None
+        request = VocodeRequest(
+            units=units.hubert,
+            speaker=self.vocoder.default_speaker if speaker is None else speaker,
+            style=style,
+            predict_durations=predict_durations,
+            pitch=units.pitch or None,
+            style_units=units.style or None,
+        )
         try:
-            return await self._on_speech_worker(
-                self.vocoder.decode, units.hubert, speaker, style, predict_durations, pitch, style_units
-            )
+            return await self._vocode_batcher.submit(request)
         except ValueError as exc:  # out-of-range speaker, style or unit: the caller's values
             raise BadRequestError(str(exc)) from exc
 
@@ -278,5 +306,7 @@ class SpiritPipeline:
             request_id="warm-up",
         )
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self._tokenize_batcher.close()
+        await self._vocode_batcher.close()
         self._speech_worker.shutdown(wait=True, cancel_futures=True)

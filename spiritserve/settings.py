@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     default_text_tokens: int = Field(50, gt=0, description="text output budget when none is asked (STSP: 50)")
     generation_timeout_s: float = Field(120.0, gt=0, description="wall-clock limit of one generation")
 
+    batch_max_size: int = Field(16, ge=1, le=256, description="most requests one speech-stage batch holds")
+    batch_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill")
+
     engine_dtype: str = "bfloat16"
     engine_max_model_len: int = Field(4096, gt=0)
     engine_max_num_seqs: int = Field(64, gt=0)

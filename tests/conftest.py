@@ -44,6 +44,8 @@ def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         **os.environ,
         "SPIRITSERVE_MAX_AUDIO_SECONDS": str(SERVER_MAX_AUDIO_SECONDS),
         "SPIRITSERVE_MAX_UPLOAD_BYTES": str(SERVER_MAX_UPLOAD_BYTES),
+        # A wider batching window than production's 5 ms, so concurrent test requests reliably share batches.
+        "SPIRITSERVE_BATCH_MAX_WAIT_MS": "30",
     }
     command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(root), "--port", str(port)]
     with open(log_path, "wb") as log:

@@ -37,7 +37,7 @@ def _speech_device(settings: Settings) -> str:
     return settings.device
 
 
-async def load_pipeline(settings: Settings) -> SpiritPipeline:
+async def load_pipeline(settings: Settings, metrics: ServiceMetrics) -> SpiritPipeline:
     root, is_embedded_default = resolve_root(settings.checkpoints)
     if is_embedded_default:
         await asyncio.to_thread(ensure_embedded_default, root)
@@ -61,8 +61,10 @@ async def load_pipeline(settings: Settings) -> SpiritPipeline:
         default_text_tokens=settings.default_text_tokens,
         generation_timeout_s=settings.generation_timeout_s,
         max_model_len=settings.engine_max_model_len,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_s=settings.batch_max_wait_ms / 1000,
     )
-    return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits)
+    return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
 
 
 def _error(status_code: int, kind: str, message: str) -> JSONResponse:
@@ -105,7 +107,7 @@ def build_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pipeline = await load_pipeline(settings)
+        pipeline = await load_pipeline(settings, metrics)
         try:
             await pipeline.warm_up()
             app.state.pipeline = pipeline
@@ -114,7 +116,7 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             app.state.pipeline = None
             pipeline.engine.shutdown()
-            pipeline.close()
+            await pipeline.close()
 
     app = FastAPI(
         title="spiritserve",

@@ -275,3 +275,31 @@ def test_huge_bodies_are_refused_with_413(client):
     assert streamed.status_code == 413 and "limit" in _error(streamed)
     just_over = client.post("/v1/tokenize", files={"audio": ("big.wav", b"\0" * (2 * 2**20 + 10))})
     assert just_over.status_code == 413 and "limit" in _error(just_over)
+
+
+def _histogram(metrics_text: str, name: str, stage: str) -> dict[str, float]:
+    """Bucket upper bound → cumulative count for one stage of a histogram."""
+    buckets = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}_bucket{{") and f'stage="{stage}"' in line:
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[bound] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def test_concurrent_requests_are_batched_without_changing_units(server_url, client):
+    clips = [path for path in CLIPS for _ in range(3)]  # 15 uploads of 5 formats
+    alone = {path: client.post("/v1/tokenize", files=upload(path)).json()["units"] for path in CLIPS}
+    before = _histogram(client.get("/metrics").text, "spiritserve_batch_size", "speech_tokenizer")
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+            return await asyncio.gather(*(http.post("/v1/tokenize", files=upload(path)) for path in clips))
+
+    responses = asyncio.run(all_at_once())
+    assert all(response.status_code == 200 for response in responses)
+    assert [response.json()["units"] for response in responses] == [alone[path] for path in clips]
+    after = _histogram(client.get("/metrics").text, "spiritserve_batch_size", "speech_tokenizer")
+    batches = after["+Inf"] - before["+Inf"]
+    single_item_batches = after["1.0"] - before["1.0"]
+    assert batches < len(clips) and single_item_batches < batches  # most requests shared a batch

@@ -1,0 +1,125 @@
+"""Dynamic micro-batching for the GPU stages: concurrent requests share one forward pass.
+
+Each stage (speech tokenizer, vocoder) gets one `MicroBatcher`. A request `submit`s one item and awaits its
+result; a collector task takes the first waiting item, then keeps collecting until the batch is full or
+`max_wait_s` has passed since that first item, and runs the stage's batch function once on the speech
+worker thread. The batch functions pad and mask so that a batched result equals the result of the same
+item alone (tested per stage), so batching changes throughput, never output.
+
+If a batch fails, its items are retried one by one, so one bad input fails only its own request.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch looked like, for metrics: its size and how long its oldest item waited to start."""
+
+    stage: str
+    size: int
+    queue_wait_s: float
+
+
+class MicroBatcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        stage: str,
+        process: Callable[[list[Item]], list[Result]],
+        executor: Executor,
+        max_batch_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_wait_s < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and max_wait_s >= 0, got {max_batch_size}, {max_wait_s}")
+        self.stage = stage
+        self._process = process
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future, float]] = asyncio.Queue()
+        self._collector: asyncio.Task | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, item: Item) -> Result:
+        """Queue one item and wait for its result (raises what processing it alone raised)."""
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.create_task(self._collect(), name=f"{self.stage}-batcher")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future, time.perf_counter()))
+        return await future
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                if not self._queue.empty():  # already waiting: always joins, even past the deadline
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = [(item, future, queued) for item, future, queued in batch if not future.cancelled()]
+            if live:
+                await self._run(live)
+
+    async def _run(self, batch: list[tuple[Item, asyncio.Future, float]]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(self.stage, len(batch), time.perf_counter() - min(q for _, _, q in batch)))
+        items = [item for item, _, _ in batch]
+        try:
+            results = await loop.run_in_executor(self._executor, self._process, items)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exception=exc)
+                return
+            logger.warning("%s batch of %d failed (%s); retrying its items one by one", self.stage, len(batch), exc)
+            for single in batch:
+                await self._run([single])
+            return
+        for (_, future, _), result in zip(batch, results, strict=True):
+            _settle(future, result=result)
+
+    async def close(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except asyncio.CancelledError:
+                pass
+        while not self._queue.empty():
+            _, future, _ = self._queue.get_nowait()
+            _settle(future, exception=RuntimeError(f"the {self.stage} stage is shutting down"))
+
+
+def _settle(future: asyncio.Future, result=None, exception: BaseException | None = None) -> None:
+    """Resolve a future unless its request already gave up (cancelled on client disconnect)."""
+    if future.done():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)

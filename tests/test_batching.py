@@ -1,0 +1,71 @@
+"""Micro-batching with the real tiny speech tokenizer: batches form, and batching never changes units."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from spiritserve.batching import BatchStats, MicroBatcher
+from spiritserve.checkpoints import HUBERT_DIR
+from spiritserve.errors import BadAudioError
+from spiritserve.tokenizers.phonetic import PhoneticTokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def phonetic(tiny_bundle: Path) -> PhoneticTokenizer:
+    return PhoneticTokenizer.from_dir(tiny_bundle / HUBERT_DIR)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    """Real speech of different lengths (each fixture, cut at several points)."""
+    waveforms = []
+    for path in sorted(FIXTURES.glob("*.wav")) + sorted(FIXTURES.glob("*.flac")):
+        audio, rate = soundfile.read(path, dtype="float32")
+        audio = soxr.resample(audio, rate, 16000).astype(np.float32)
+        waveforms += [audio, audio[: len(audio) // 2], audio[: len(audio) // 3 + 777]]
+    return waveforms
+
+
+def run_concurrently(batcher: MicroBatcher, items: list) -> list:
+    async def scenario():
+        try:
+            return await asyncio.gather(*(batcher.submit(item) for item in items), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_units(phonetic, clips):
+    seen: list[BatchStats] = []
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        batcher = MicroBatcher("speech_tokenizer", phonetic.encode, worker, 4, 0.05, on_batch=seen.append)
+        results = run_concurrently(batcher, clips)
+    assert results == [phonetic.encode([clip])[0] for clip in clips]  # batched == alone, exactly
+    assert max(stats.size for stats in seen) == 4  # capped at max_batch_size
+    assert sum(stats.size for stats in seen) == len(clips) and len(seen) < len(clips)
+
+
+def test_one_bad_item_fails_only_its_own_request(phonetic, clips):
+    bad = np.full(16000, np.nan, dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        batcher = MicroBatcher("speech_tokenizer", phonetic.encode, worker, 8, 0.05)
+        results = run_concurrently(batcher, [clips[0], bad, clips[1]])
+    assert isinstance(results[1], BadAudioError)
+    assert results[0] == phonetic.encode([clips[0]])[0] and results[2] == phonetic.encode([clips[1]])[0]
+
+
+def test_a_lone_request_waits_at_most_max_wait(phonetic, clips):
+    seen: list[BatchStats] = []
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        batcher = MicroBatcher("speech_tokenizer", phonetic.encode, worker, 16, 0.02, on_batch=seen.append)
+        run_concurrently(batcher, [clips[0]])
+    assert [stats.size for stats in seen] == [1]
+    assert seen[0].queue_wait_s < 1.0  # the 20 ms window, not a wait for a full batch
