@@ -28,7 +28,6 @@ from spiritserve.tokens import (
     UnitKind,
     align_units,
     build_prompt,
-    fallback_style,
 )
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
 
@@ -106,11 +105,6 @@ class VocodeRequest:
     style_units: list[int] | None
 
 
-# Expressive speech without any generated [Pi] token (§16.1a: the reference crashes) is vocoded at this
-# pitch code, the middle of the 64-code book; the style then comes from `fallback_style`.
-FALLBACK_PITCH = 32
-
-
 class SpiritPipeline:
     def __init__(
         self,
@@ -186,15 +180,9 @@ class SpiritPipeline:
 
     def align(self, tokens: str, style_seed: int | None) -> AlignedUnits:
         """Generated (or given) speech tokens → vocoder streams, filling what the model left out."""
-        aligned = align_units(tokens, style_seed)
-        if not self.is_expressive:
-            if "[Pi" in tokens or "[St" in tokens:
-                raise BadRequestError("this is the base variant: pitch [Pi] and style [St] tokens are not accepted")
-            return aligned
-        if aligned.hubert and not aligned.pitch:
-            count = len(aligned.hubert)
-            return AlignedUnits(aligned.hubert, [FALLBACK_PITCH] * count, [fallback_style(style_seed)] * count)
-        return aligned
+        if not self.is_expressive and ("[Pi" in tokens or "[St" in tokens):
+            raise BadRequestError("this is the base variant: pitch [Pi] and style [St] tokens are not accepted")
+        return align_units(tokens, self.is_expressive, style_seed)
 
     async def _prompt_segment(self, item: GenerationInput) -> PromptSegment:
         if item.modality == Modality.TEXT or item.audio is None:

@@ -72,6 +72,11 @@ def fallback_style(seed: int | None) -> int:
     return MOST_COMMON_STYLES[random.Random(seed).randrange(len(MOST_COMMON_STYLES))]
 
 
+# Expressive speech without any [Pi] token (§16.1a: the reference crashes) is vocoded at this pitch
+# code, the middle of the 64-code book.
+FALLBACK_PITCH = 32
+
+
 @dataclass(frozen=True)
 class AlignedUnits:
     """Units parsed from a generated string, pitch and style pre-duplicated to one value per Hu unit."""
@@ -81,32 +86,69 @@ class AlignedUnits:
     style: list[int]
 
 
-def align_units(text: str, style_seed: int | None = None) -> AlignedUnits:
-    """The reference's string → units rule (§8.3): every [Hu] is a frame that takes the latest pitch and
-    style before it; frames before the first Pi/St take the first one seen later. With pitch but no style
-    at all, `fallback_style` fills the style. Without pitch, pitch stays empty (the caller decides)."""
-    hubert: list[int] = []
-    pitch: list[int | None] = []
-    style: list[int | None] = []
-    current: dict[str, int | None] = {"Pi": None, "St": None}
-    first: dict[str, int | None] = {"Pi": None, "St": None}
-    for kind, number in _UNIT_TOKEN.findall(text):
-        unit = int(number)
-        if kind == "Hu":
-            hubert.append(unit)
-            pitch.append(current["Pi"])
-            style.append(current["St"])
-        else:
-            current[kind] = unit
-            first[kind] = unit if first[kind] is None else first[kind]
-    if first["Pi"] is None:
-        return AlignedUnits(hubert, [], [])
-    style_fill = first["St"] if first["St"] is not None else fallback_style(style_seed)
-    return AlignedUnits(
-        hubert,
-        [first["Pi"] if value is None else value for value in pitch],
-        [style_fill if value is None else value for value in style],
-    )
+class UnitAligner:
+    """The reference's string → units rule (§8.3), incrementally, for streaming and offline alike.
+
+    Every [Hu] is a frame that takes the latest pitch and style before it; frames before the first Pi
+    (or St) take the first one seen later, so they are held until it arrives. Expressive fallbacks for a
+    stream that never arrives: `FALLBACK_PITCH`, and `fallback_style(seed)` (the reference picks a random
+    common style). Streaming caps the hold at `max_held` frames (then the fallbacks apply, a bounded
+    latency instead of the reference's unbounded look-ahead); offline, nothing is capped. The base variant
+    has no pitch or style: frames are ready at once and those lists stay empty.
+    """
+
+    def __init__(self, expressive: bool, style_seed: int | None = None, max_held: int | None = None) -> None:
+        self.expressive = expressive
+        self.style_seed = style_seed
+        self.max_held = max_held
+        self._latest: dict[str, int | None] = {"Pi": None, "St": None}
+        self._first: dict[str, int | None] = {"Pi": None, "St": None}
+        self._held: list[tuple[int, int | None, int | None]] = []  # (hu, pitch, style) as known on arrival
+
+    def push(self, text: str) -> AlignedUnits:
+        """Consume more generated text; return the frames that are now final."""
+        for kind, number in _UNIT_TOKEN.findall(text):
+            if kind == "Hu":
+                self._held.append((int(number), self._latest["Pi"], self._latest["St"]))
+            elif self.expressive:
+                self._latest[kind] = int(number)
+                if self._first[kind] is None:
+                    self._first[kind] = int(number)
+        if self.max_held is not None and len(self._held) >= self.max_held:
+            self._fill_missing_streams()
+        return self._release()
+
+    def finish(self) -> AlignedUnits:
+        """End of the stream: apply the fallbacks and release every held frame."""
+        self._fill_missing_streams()
+        return self._release()
+
+    def _fill_missing_streams(self) -> None:
+        if self._first["Pi"] is None:
+            self._first["Pi"] = FALLBACK_PITCH
+        if self._first["St"] is None:
+            self._first["St"] = fallback_style(self.style_seed)
+
+    def _release(self) -> AlignedUnits:
+        if not self.expressive:
+            hubert = [unit for unit, _, _ in self._held]
+            self._held.clear()
+            return AlignedUnits(hubert, [], [])
+        if self._first["Pi"] is None or self._first["St"] is None:
+            return AlignedUnits([], [], [])
+        frames, self._held = self._held, []
+        return AlignedUnits(
+            [unit for unit, _, _ in frames],
+            [self._first["Pi"] if pitch is None else pitch for _, pitch, _ in frames],
+            [self._first["St"] if style is None else style for _, _, style in frames],
+        )
+
+
+def align_units(text: str, expressive: bool = True, style_seed: int | None = None) -> AlignedUnits:
+    """Offline alignment of a whole generated speech string (see `UnitAligner`)."""
+    aligner = UnitAligner(expressive, style_seed)
+    early, late = aligner.push(text), aligner.finish()
+    return AlignedUnits(early.hubert + late.hubert, early.pitch + late.pitch, early.style + late.style)
 
 
 def is_unit_string(text: str) -> bool:
