@@ -5,9 +5,10 @@ never blocks; the LM streams from vLLM. HTTP knows nothing of this module's inte
 call here and map the result.
 """
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,11 +26,13 @@ from spiritserve.tokens import (
     Modality,
     OutputModality,
     PromptSegment,
+    UnitAligner,
     UnitKind,
     align_units,
     build_prompt,
 )
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
+from spiritserve.vocoder.streaming import StreamingDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,10 @@ class PipelineLimits:
     max_model_len: int
     batch_max_size: int = 16
     batch_max_wait_s: float = 0.005
+
+
+# Streaming expressive speech holds Hu units until the first Pi and St arrive, at most this many (1 s).
+STREAMING_MAX_HELD_UNITS = 25
 
 
 @dataclass(frozen=True)
@@ -244,18 +251,14 @@ class SpiritPipeline:
         close()
         return segments
 
-    async def generate(
-        self,
-        inputs: list[GenerationInput],
-        output: OutputModality,
-        options: SamplingOptions,
-        request_id: str | None = None,
-    ) -> GenerationResult:
-        """Any-to-any generation as the reference's `Spiritlm.generate`, served through vLLM."""
-        request_id = request_id or uuid.uuid4().hex
+    async def prepare(
+        self, inputs: list[GenerationInput], output: OutputModality, options: SamplingOptions
+    ) -> TokenRequest:
+        """Tokenize the inputs and build the engine request; every input error surfaces here, before any
+        response (streamed or not) has started."""
         segments = [await self._prompt_segment(item) for item in inputs]
         prompt_ids = self.tokenizer.encode_prompt(build_prompt(segments, output))
-        request = TokenRequest(
+        return TokenRequest(
             prompt_ids=prompt_ids,
             max_tokens=self._token_budget(output, options, len(prompt_ids)),
             allowed_token_ids=allowed_token_ids(self.tokenizer, output, self.vocoder_sizes),
@@ -265,6 +268,17 @@ class SpiritPipeline:
             top_k=options.top_k,
             seed=options.seed,
         )
+
+    async def generate(
+        self,
+        inputs: list[GenerationInput],
+        output: OutputModality,
+        options: SamplingOptions,
+        request_id: str | None = None,
+    ) -> GenerationResult:
+        """Any-to-any generation as the reference's `Spiritlm.generate`, served through vLLM."""
+        request_id = request_id or uuid.uuid4().hex
+        request = await self.prepare(inputs, output, options)
         generated: list[int] = []
         finish_reason = "length"
         async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
@@ -278,11 +292,49 @@ class SpiritPipeline:
         logger.info(
             "request %s: %d prompt tokens, %d generated, finish=%s",
             request_id,
-            len(prompt_ids),
+            len(request.prompt_ids),
             len(generated),
             finish_reason,
         )
-        return GenerationResult(output_segments, speech, audio, len(prompt_ids), len(generated), finish_reason)
+        return GenerationResult(output_segments, speech, audio, len(request.prompt_ids), len(generated), finish_reason)
+
+    def open_speech_stream(
+        self, request: TokenRequest, options: SamplingOptions, request_id: str | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        """Speech output as it is generated: token deltas → aligned frames → streaming vocoder → audio chunks.
+
+        The vocoder runs on the speech-worker thread, chunk by chunk (a small first chunk, then larger), so
+        the first audio leaves after about ten units, not after the whole generation. Abandoning the
+        iterator (client gone) aborts the engine request.
+        """
+        speaker = self.vocoder.default_speaker if options.speaker is None else options.speaker
+        try:  # checks speaker and style now, while the caller can still answer with a 4xx
+            decoder = StreamingDecoder(self.vocoder, speaker, options.style)
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from exc
+        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
+        return self._stream_speech(request, decoder, aligner, request_id or uuid.uuid4().hex)
+
+    async def _stream_speech(
+        self, request: TokenRequest, decoder: StreamingDecoder, aligner: UnitAligner, request_id: str
+    ) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+
+        async def vocode(frames: AlignedUnits, final: bool = False) -> np.ndarray:
+            def run() -> np.ndarray:
+                audio = decoder.push(frames.hubert, frames.pitch or None, frames.style or None)
+                return np.concatenate([audio, decoder.finish()]) if final else audio
+
+            return await loop.run_in_executor(self._speech_worker, run)
+
+        async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
+            audio = await vocode(aligner.push("".join(self.tokenizer.pieces(delta.token_ids))))
+            if len(audio):
+                yield audio
+        audio = await vocode(aligner.finish(), final=True)
+        if len(audio):
+            yield audio
+        logger.info("request %s: streamed %d units", request_id, len(decoder.durations))
 
     async def warm_up(self) -> None:
         """Run one tiny request through every stage before reporting ready (first calls are the slowest)."""

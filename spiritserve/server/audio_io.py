@@ -15,6 +15,9 @@ import soxr
 from spiritserve.errors import AudioTooLongError, BadAudioError
 
 SAMPLE_RATE = 16_000
+# Raw little-endian 16-bit mono PCM (audio/L16 would mean big-endian, RFC 2586).
+PCM_MEDIA_TYPE = "audio/pcm;rate=16000;channels=1;encoding=s16le"
+_UNKNOWN_SIZE = 0xFFFFFFFF
 MIN_SAMPLES = 1_280  # 80 ms: the reference drops shorter chunks, so they would give no units at all
 
 
@@ -76,3 +79,29 @@ def encode_wav(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+def encode_pcm16(audio: np.ndarray) -> bytes:
+    """Float audio in [-1, 1] → little-endian 16-bit samples (what WAV's data chunk holds)."""
+    return (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
+
+
+def streaming_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 44-byte PCM16 mono WAV header for a stream of unknown length (sizes 0xFFFFFFFF: 'until EOF',
+    which ffmpeg, browsers and soundfile accept)."""
+    byte_rate = sample_rate * 2
+    return (
+        b"RIFF"
+        + _UNKNOWN_SIZE.to_bytes(4, "little")
+        + b"WAVE"
+        + b"fmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + sample_rate.to_bytes(4, "little")
+        + byte_rate.to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + _UNKNOWN_SIZE.to_bytes(4, "little")
+    )

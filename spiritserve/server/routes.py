@@ -3,12 +3,12 @@
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable
-from typing import Annotated, Literal, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from spiritserve.errors import (
@@ -19,12 +19,21 @@ from spiritserve.errors import (
     UnsupportedMediaTypeError,
 )
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
-from spiritserve.server.audio_io import SAMPLE_RATE, decode_audio, encode_wav
+from spiritserve.server.audio_io import (
+    PCM_MEDIA_TYPE,
+    SAMPLE_RATE,
+    decode_audio,
+    encode_pcm16,
+    encode_wav,
+    streaming_wav_header,
+)
 from spiritserve.server.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerationResponse,
+    OutputFields,
     OutputSegmentBody,
+    ResponseFormat,
     SamplingFields,
     SpeechInput,
     SynthesizeRequest,
@@ -138,16 +147,46 @@ def _generation_body(result: GenerationResult) -> GenerationResponse:
     )
 
 
-def _respond(result: GenerationResult, response_format: Literal["json", "wav"]) -> Response:
+def _respond(result: GenerationResult, response_format: ResponseFormat) -> Response:
+    if response_format == "json":
+        return JSONResponse(_generation_body(result).model_dump())
+    if result.audio is None:
+        raise BadRequestError(f"response_format {response_format!r} needs speech output; ask for 'speech'")
     if response_format == "wav":
-        if result.audio is None:
-            raise BadRequestError("response_format 'wav' needs speech output; ask output_modality 'speech'")
         return Response(encode_wav(result.audio.audio), media_type=WAV_MEDIA_TYPE)
-    return JSONResponse(_generation_body(result).model_dump())
+    return Response(encode_pcm16(result.audio.audio), media_type=PCM_MEDIA_TYPE)
 
 
-class ContinueForm(SamplingFields):
-    response_format: Literal["wav", "json"] = "wav"
+async def _generate_or_stream(
+    request: Request,
+    pipeline: SpiritPipeline,
+    inputs: list[GenerationInput],
+    output: OutputModality,
+    fields: OutputFields,
+) -> Response:
+    """One generation, answered whole, or streamed as audio while it is generated (`stream`)."""
+    options = _sampling_options(fields)
+    if not fields.stream:
+        result = await cancel_on_disconnect(request, pipeline.generate(inputs, output, options))
+        return _respond(result, fields.response_format)
+    if output != OutputModality.SPEECH:
+        raise BadRequestError("stream=true streams audio: it needs output_modality 'speech'")
+    token_request = await pipeline.prepare(inputs, output, options)
+    chunks = pipeline.open_speech_stream(token_request, options)
+
+    async def body() -> AsyncIterator[bytes]:
+        if fields.response_format == "wav":
+            yield streaming_wav_header()
+        async for chunk in chunks:
+            yield encode_pcm16(chunk)
+
+    # Starlette cancels `body` when the client disconnects, which aborts the engine request.
+    media_type = WAV_MEDIA_TYPE if fields.response_format == "wav" else PCM_MEDIA_TYPE
+    return StreamingResponse(body(), media_type=media_type)
+
+
+class ContinueForm(SamplingFields, OutputFields):
+    response_format: ResponseFormat = "wav"
 
 
 async def continue_form(request: Request) -> ContinueForm:
@@ -177,16 +216,12 @@ async def continue_speech(
 ) -> Response:
     """Speech continuation: the uploaded speech is the prompt, the answer is more speech (WAV by default).
 
-    Other form fields: the sampling fields of `/v1/generate` and `response_format` (`wav` or `json`).
+    Other form fields: the sampling fields of `/v1/generate`, `response_format` (`wav`, `json` or `pcm`:
+    raw 16-bit little-endian mono at 16 kHz) and `stream` (audio sent as it is generated).
     """
     waveform = await decode_upload(audio, settings)
-    result = await cancel_on_disconnect(
-        request,
-        pipeline.generate(
-            [GenerationInput(Modality.SPEECH, audio=waveform)], OutputModality.SPEECH, _sampling_options(form)
-        ),
-    )
-    return _respond(result, form.response_format)
+    inputs = [GenerationInput(Modality.SPEECH, audio=waveform)]
+    return await _generate_or_stream(request, pipeline, inputs, OutputModality.SPEECH, form)
 
 
 def _speech_units(tokens: str, pipeline: SpiritPipeline, style_seed: int | None = None) -> AlignedUnits:
@@ -223,10 +258,7 @@ async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) 
 async def generate(request: Request, body: GenerateRequest, pipeline: PipelineDep, settings: SettingsDep) -> Response:
     """Any-to-any generation over an ordered list of text and speech inputs (the reference's `generate`)."""
     inputs = [await _generation_input(item, settings, pipeline) for item in body.inputs]
-    result = await cancel_on_disconnect(
-        request, pipeline.generate(inputs, body.output_modality, _sampling_options(body))
-    )
-    return _respond(result, body.response_format)
+    return await _generate_or_stream(request, pipeline, inputs, body.output_modality, body)
 
 
 @router.post("/v1/tokenize", dependencies=[Multipart], response_model=TokenizeResponse)

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spiritserve.tokens import OutputModality
 
@@ -37,10 +37,26 @@ class SpeechInput(BaseModel):
     tokens: str | None = Field(None, min_length=1)
 
 
-class GenerateRequest(SamplingFields):
+ResponseFormat = Literal["json", "wav", "pcm"]
+
+
+class OutputFields(BaseModel):
+    """How the answer is sent: whole (JSON, WAV, raw PCM16) or streamed while generated (WAV or PCM16)."""
+
+    response_format: ResponseFormat
+    stream: bool = Field(False, description="send audio as it is generated (speech output, wav or pcm)")
+
+    @model_validator(mode="after")
+    def _streams_audio_only(self):
+        if self.stream and self.response_format == "json":
+            raise ValueError("stream=true sends audio: use response_format 'wav' or 'pcm'")
+        return self
+
+
+class GenerateRequest(SamplingFields, OutputFields):
     inputs: list[TextInput | SpeechInput] = Field(min_length=1, max_length=64)
     output_modality: OutputModality = OutputModality.ARBITRARY
-    response_format: Literal["json", "wav"] = "json"
+    response_format: ResponseFormat = "json"
 
 
 class UnitStreams(BaseModel):

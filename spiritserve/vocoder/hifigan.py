@@ -314,6 +314,26 @@ class CodeHiFiGAN(nn.Module):
         speaker, style: (B,) global ids; durations: (B, T) frames per unit, or None to keep one frame per unit
         (resynthesis of raw 25 Hz units). Returns (B, frames × code_hop_size) in [-1, 1].
         """
+        features = self.frame_features(
+            codes, speaker, style, durations, f0_codes=f0_codes, style_codes=style_codes
+        )  # (B, model_in_dim, frames)
+        return self.generate(features)
+
+    def frame_features(
+        self,
+        codes: torch.LongTensor,
+        speaker: torch.LongTensor | None = None,
+        style: torch.LongTensor | None = None,
+        durations: torch.LongTensor | None = None,
+        *,
+        f0_codes: torch.LongTensor | None = None,
+        style_codes: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """The generator input, frame by frame (arguments as in ``forward``) → (B, model_in_dim, frames).
+
+        Each frame depends only on its own unit, so features of consecutive unit spans concatenate exactly
+        (the streaming decoder relies on this).
+        """
         streams = [self.dict(codes)]  # (B, T, C) each
         for table, ids, name in ((self.f0_dict, f0_codes, "f0_codes"), (self.style_dict, style_codes, "style_codes")):
             if table is not None:
@@ -333,7 +353,7 @@ class CodeHiFiGAN(nn.Module):
         if globals_:
             conditioning = torch.cat(globals_, dim=1)[:, None, :].expand(-1, x.size(1), -1)  # (B, frames, g·C)
             x = torch.cat([x, conditioning], dim=2)  # (B, frames, model_in_dim)
-        return self.generate(x.transpose(1, 2))
+        return x.transpose(1, 2)
 
     def generate(self, x: torch.Tensor) -> torch.Tensor:
         """HiFi-GAN generator: (B, model_in_dim, frames) → (B, frames × code_hop_size)."""

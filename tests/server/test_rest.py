@@ -303,3 +303,51 @@ def test_concurrent_requests_are_batched_without_changing_units(server_url, clie
     batches = after["+Inf"] - before["+Inf"]
     single_item_batches = after["1.0"] - before["1.0"]
     assert batches < len(clips) and single_item_batches < batches  # most requests shared a batch
+
+
+def test_streamed_speech_arrives_before_the_generation_ends_and_matches_the_whole_answer(server_url, client):
+    form = {"max_speech_seconds": "40", "seed": "21"}  # 1000 tokens: several seconds on the tiny engine
+
+    async def stream_it() -> tuple[bytes, float, bytes]:
+        async with httpx.AsyncClient(base_url=server_url, timeout=120) as http:
+            async with http.stream(
+                "POST", "/v1/speech/continue", files=upload(CLIP), data={**form, "stream": "true"}
+            ) as response:
+                assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+                chunks = response.aiter_bytes()
+                first = b""
+                while len(first) <= 44:  # header, then the first audio
+                    first += await anext(chunks)
+                running_when_first_audio_arrived = _running_requests((await http.get("/metrics")).text)
+                rest = b"".join([chunk async for chunk in chunks])
+        return first, running_when_first_audio_arrived, rest
+
+    first, running, rest = asyncio.run(stream_it())
+    assert running == 1.0  # the engine was still generating when the first audio bytes were read
+    streamed = np.frombuffer((first + rest)[44:], dtype="<i2").astype(np.float32) / 32767
+    whole, _, _ = read_wav(client.post("/v1/speech/continue", files=upload(CLIP), data=form).content)
+    assert len(streamed) == len(whole) and len(streamed) % HOP == 0  # no samples lost or doubled
+    assert np.abs(streamed - whole).max() < 2e-3  # chunked vocoding equals the one-pass decode
+
+
+def test_raw_pcm_answers_and_stream_format_errors(client):
+    pcm = client.post(
+        "/v1/speech/continue",
+        files=upload(CLIP),
+        data={"max_speech_seconds": "1", "seed": "1", "response_format": "pcm"},
+    )
+    assert pcm.status_code == 200 and pcm.headers["content-type"].startswith("audio/pcm")
+    wav = client.post("/v1/speech/continue", files=upload(CLIP), data={"max_speech_seconds": "1", "seed": "1"})
+    assert len(pcm.content) == len(wav.content) - 44
+    as_json = client.post("/v1/speech/continue", files=upload(CLIP), data={"stream": "true", "response_format": "json"})
+    assert as_json.status_code == 422 and "stream" in _error(as_json)
+    text_stream = client.post(
+        "/v1/generate",
+        json={
+            "inputs": [{"type": "text", "text": "hi"}],
+            "output_modality": "text",
+            "stream": True,
+            "response_format": "pcm",
+        },
+    )
+    assert text_stream.status_code == 422 and "speech" in _error(text_stream)

@@ -1,0 +1,185 @@
+"""Streaming vocoding equals offline vocoding: same samples (within float rounding), same length, same durations."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.vocoder.streaming import StreamingDecoder, receptive_field_frames
+
+_rng = np.random.default_rng(7)
+UNITS = [int(u) for u in _rng.integers(0, 500, size=64)]
+PITCH = [int(p) for p in _rng.integers(0, 64, size=64)]  # one per unit, as parsed from LM output
+STYLE = [71] * 20 + [68] * 30 + [98] * 14
+EXACT = 1e-5  # full lookahead: only float rounding differs (measured ≈ 3e-7 base, 7e-7 expressive)
+SPEAKER = 1
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> UnitVocoder:
+    vocoder_dir: Path = tmp_path_factory.mktemp("hifigan_spiritlm_base")
+    write_tiny_base_vocoder(vocoder_dir, seed=0)
+    return UnitVocoder.from_dir(vocoder_dir)
+
+
+@pytest.fixture(scope="module")
+def expressive(tmp_path_factory) -> UnitVocoder:
+    vocoder_dir: Path = tmp_path_factory.mktemp("hifigan_spiritlm_expressive_w2v2")
+    write_tiny_expressive_vocoder(vocoder_dir, seed=0)
+    return UnitVocoder.from_dir(vocoder_dir)
+
+
+def _stream(decoder: StreamingDecoder, step: int, units=UNITS, pitch=None, style_units=None) -> list[np.ndarray]:
+    """Push ``step`` units at a time, then finish; the list of returned pieces (the last one from finish)."""
+    pieces = []
+    for start in range(0, len(units), step):
+        streams = {}
+        if pitch is not None:
+            streams = {"pitch": pitch[start : start + step], "style_units": style_units[start : start + step]}
+        pieces.append(decoder.push(units[start : start + step], **streams))
+    pieces.append(decoder.finish())
+    for piece in pieces:
+        assert piece.dtype == np.float32 and piece.ndim == 1
+    return pieces
+
+
+def _seams(pieces: list[np.ndarray]) -> np.ndarray:
+    return np.cumsum([len(piece) for piece in pieces if len(piece)])[:-1]
+
+
+def test_receptive_field_matches_the_generator(base):
+    """The computed reach is exact: perturbing the input frame just inside it changes frame f, just outside not."""
+    left, right = receptive_field_frames(base.model.config)
+    assert (left, right) == (6, 6)  # rates 8·8·10, kernels 16·16·20, one k3 ResBlock1 with dilations 1·3·5
+    model, hop, frame = base.model, base.hop, 20
+    features = torch.randn(1, model.config.model_in_dim, 41, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model.generate(features)[0, frame * hop : (frame + 1) * hop]
+        for offset, reaches in ((-left, True), (-left - 1, False), (right, True), (right + 1, False)):
+            perturbed = features.clone()
+            perturbed[0, :, frame + offset] += 1.0
+            changed = model.generate(perturbed)[0, frame * hop : (frame + 1) * hop]
+            assert bool((changed != reference).any()) == reaches, offset
+
+
+@pytest.mark.parametrize("step", [1, 7, len(UNITS)])
+def test_base_stream_equals_offline(base, step):
+    offline = base.decode(UNITS, speaker=SPEAKER)
+    decoder = StreamingDecoder(base, SPEAKER)
+    pieces = _stream(decoder, step)
+    streamed = np.concatenate(pieces)
+    assert decoder.durations == offline.durations
+    assert len(streamed) == sum(decoder.durations) * base.hop == len(offline.audio)
+    assert decoder.samples_emitted == len(streamed)
+    np.testing.assert_allclose(streamed, offline.audio, rtol=0, atol=EXACT)
+    if step < len(UNITS):
+        assert len(_seams(pieces)) >= 2  # really chunked
+
+
+@pytest.mark.parametrize("step", [1, 7, len(UNITS)])
+def test_expressive_stream_equals_offline(expressive, step):
+    offline = expressive.decode(UNITS, speaker=SPEAKER, pitch=PITCH, style_units=STYLE)
+    decoder = StreamingDecoder(expressive, SPEAKER, chunk_units=12)
+    streamed = np.concatenate(_stream(decoder, step, pitch=PITCH, style_units=STYLE))
+    assert decoder.durations == offline.durations
+    assert len(streamed) == sum(offline.durations) * expressive.hop
+    np.testing.assert_allclose(streamed, offline.audio, rtol=0, atol=EXACT)
+
+
+def test_global_style_and_raw_units(base):
+    """A non-default global style, and predict_durations=False (raw 25 Hz units, one frame each)."""
+    offline = base.decode(UNITS, speaker=3, style=4, predict_durations=False)
+    decoder = StreamingDecoder(base, 3, style=4, predict_durations=False, first_chunk_units=5, chunk_units=9)
+    pieces = _stream(decoder, 3)
+    assert decoder.durations == [1] * len(UNITS)
+    np.testing.assert_allclose(np.concatenate(pieces), offline.audio, rtol=0, atol=EXACT)
+    # without duration context, the first chunk needs only its 5 units plus the lookahead frames
+    first = next(index for index, piece in enumerate(pieces) if len(piece))
+    assert 3 * first < 5 + decoder.lookahead_frames <= 3 * (first + 1)
+
+
+@pytest.mark.parametrize("lookahead_frames", [4, 5])
+def test_shorter_lookahead_is_close_and_seams_stay_smooth(base, lookahead_frames):
+    """Below the full receptive field the chunk edges are approximate, the crossfade hides the seam, and the
+    length is still exact."""
+    offline = base.decode(UNITS, speaker=SPEAKER).audio
+    decoder = StreamingDecoder(base, SPEAKER, lookahead_frames=lookahead_frames, chunk_units=10)
+    pieces = _stream(decoder, 1)
+    streamed = np.concatenate(pieces)
+    assert len(streamed) == len(offline)
+    error = np.abs(streamed - offline).max()
+    assert error <= {4: 0.1, 5: 1e-3}[lookahead_frames]  # measured ≈ 0.05 and 4e-4
+    seams = _seams(pieces)
+    assert len(seams) >= 3
+    for seam in seams:
+        around = slice(seam - 2 * decoder.crossfade_samples, seam + 2 * decoder.crossfade_samples)
+        jump = np.abs(np.diff(streamed[around])).max()
+        assert jump <= np.abs(np.diff(offline[around])).max() + 0.02, seam
+
+
+def test_seams_do_not_click(base):
+    offline = base.decode(UNITS, speaker=SPEAKER).audio
+    pieces = _stream(StreamingDecoder(base, SPEAKER, chunk_units=10), 1)
+    streamed = np.concatenate(pieces)
+    for seam in _seams(pieces):
+        assert abs(streamed[seam] - streamed[seam - 1]) <= abs(offline[seam] - offline[seam - 1]) + 1e-5
+        around = slice(seam - 200, seam + 200)
+        assert np.abs(np.diff(streamed[around])).max() <= np.abs(np.diff(offline[around])).max() + 1e-5
+
+
+def test_first_audio_after_the_first_chunk(base):
+    """Audio starts once the first chunk's units have their durations (2 units of right context) and the
+    lookahead frames after them; later chunks come every chunk_units units."""
+    durations = base.decode(UNITS, speaker=SPEAKER).durations
+    for lookahead in (0, None):
+        decoder = StreamingDecoder(base, SPEAKER, first_chunk_units=10, chunk_units=25, lookahead_frames=lookahead)
+        pushed_when_audio = [n for n, unit in enumerate(UNITS, 1) if len(decoder.push([unit]))]
+        frames = np.cumsum(durations)
+        # smallest n whose n - 2 committed units leave 10 units' frames before the lookahead
+        expected = next(n for n in range(3, len(UNITS)) if frames[n - 3] - decoder.lookahead_frames >= frames[9])
+        assert pushed_when_audio[0] == expected
+        if lookahead == 0:
+            assert pushed_when_audio[:2] == [12, 37]  # 10 + 2, then 25 more
+        assert decoder.durations == durations[: len(decoder.durations)]
+        assert len(decoder.durations) == len(UNITS) - 2
+        decoder.finish()
+        assert decoder.durations == durations
+
+
+def test_empty_input_gives_empty_audio(base, expressive):
+    decoder = StreamingDecoder(base, SPEAKER)
+    assert decoder.push([]).shape == (0,)
+    audio = decoder.finish()
+    assert audio.shape == (0,) and audio.dtype == np.float32 and decoder.durations == []
+    assert StreamingDecoder(expressive, SPEAKER).finish().shape == (0,)
+
+
+def test_short_stream_is_exact(base):
+    """Fewer units than one chunk: everything comes out at finish, equal to offline."""
+    decoder = StreamingDecoder(base, SPEAKER)
+    assert len(decoder.push(UNITS[:3])) == 0
+    np.testing.assert_allclose(decoder.finish(), base.decode(UNITS[:3], speaker=SPEAKER).audio, atol=EXACT)
+
+
+def test_invalid_use_is_rejected(base, expressive):
+    with pytest.raises(ValueError, match="speaker"):
+        StreamingDecoder(base, 9)
+    with pytest.raises(ValueError, match="style"):
+        StreamingDecoder(expressive, SPEAKER, style=0)
+    with pytest.raises(ValueError, match="crossfade"):
+        StreamingDecoder(base, SPEAKER, crossfade_samples=base.hop + 1)
+    decoder = StreamingDecoder(base, SPEAKER)
+    with pytest.raises(ValueError, match="units"):
+        decoder.push([1, 500])
+    with pytest.raises(ValueError, match="pitch"):
+        decoder.push([1, 2], pitch=[3, 4])  # base vocoder has no pitch table
+    decoder.finish()
+    with pytest.raises(RuntimeError, match="closed"):
+        decoder.push([1])
+    expressive_decoder = StreamingDecoder(expressive, SPEAKER)
+    with pytest.raises(ValueError, match="pitch"):
+        expressive_decoder.push([1, 2])
+    with pytest.raises(ValueError, match="style_units"):
+        expressive_decoder.push([1, 2], pitch=[3, 4], style_units=[71])
