@@ -11,17 +11,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.errors import CheckpointError
+from spiritserve.tokenizers.chunking import (
+    MAX_CHUNK_SAMPLES,
+    SAMPLE_RATE,
+    join_chunks,
+    padded_batches,
+    split_into_chunks,
+)
 from spiritserve.tokenizers.hubert import PRETRAINING_ONLY_KEYS, HubertConfig, HubertModel
 from spiritserve.tokenizers.quantizer import LinearQuantizer, QuantizerConfig
 from spiritserve.weights import load_state_dict_strict, read_checkpoint, require_keys
 
 HUBERT_FILE = "mhubert_base_25hz.pt"
 QUANTIZER_FILE = "L11_quantizer_500.pt"
-SAMPLE_RATE = 16_000
 OUTPUT_LAYER = 11  # 1-based transformer layer the quantizer was trained on
-MAX_CHUNK_SAMPLES = 1_600_000  # 100 s; longer audio is cut into independent chunks, no overlap
-MIN_CHUNK_SAMPLES = 1_280  # 80 ms; shorter chunks (including a short tail) give no units, as in the reference
 
 
 class PhoneticTokenizer:
@@ -91,42 +95,13 @@ class PhoneticTokenizer:
 
     def encode(self, waveforms: list[np.ndarray]) -> list[list[int]]:
         """16 kHz mono float waveforms -> one list of units per waveform (25 Hz, undeduplicated)."""
-        chunks: list[tuple[int, np.ndarray]] = []  # (waveform index, chunk), in time order per waveform
-        for index, waveform in enumerate(waveforms):
-            if (
-                not isinstance(waveform, np.ndarray)
-                or waveform.ndim != 1
-                or not np.issubdtype(waveform.dtype, np.floating)
-            ):
-                raise BadAudioError(
-                    f"waveform {index}: expected a 1-D float array (16 kHz mono), got "
-                    f"{type(waveform).__name__} {getattr(waveform, 'shape', '')}"
-                )
-            if not np.isfinite(waveform).all():
-                raise BadAudioError(f"waveform {index}: contains NaN or infinite samples")
-            waveform = waveform.astype(np.float32, copy=False)
-            for start in range(0, len(waveform), MAX_CHUNK_SAMPLES):
-                chunk = waveform[start : start + MAX_CHUNK_SAMPLES]
-                if len(chunk) >= MIN_CHUNK_SAMPLES:
-                    chunks.append((index, chunk))
-
-        # Batch chunks of similar length (sorted) up to max_batch_samples padded samples per forward.
+        chunks = split_into_chunks(waveforms)
         chunk_units: list[list[int]] = [[] for _ in chunks]
-        order = sorted(range(len(chunks)), key=lambda i: len(chunks[i][1]))
-        batch: list[int] = []
         with torch.inference_mode():
-            for position, chunk_index in enumerate(order):
-                batch.append(chunk_index)
-                is_last = position == len(order) - 1
-                if is_last or len(chunks[order[position + 1]][1]) * (len(batch) + 1) > self.max_batch_samples:
-                    for done, units in zip(batch, self._encode_batch([chunks[i][1] for i in batch]), strict=True):
-                        chunk_units[done] = units
-                    batch = []
-
-        units_per_waveform: list[list[int]] = [[] for _ in waveforms]
-        for (index, _), units in zip(chunks, chunk_units, strict=True):
-            units_per_waveform[index].extend(units)
-        return units_per_waveform
+            for batch in padded_batches([len(chunk) for _, chunk in chunks], self.max_batch_samples):
+                for done, units in zip(batch, self._encode_batch([chunks[i][1] for i in batch]), strict=True):
+                    chunk_units[done] = units
+        return join_chunks(chunks, chunk_units, len(waveforms))
 
     def _encode_batch(self, chunks: list[np.ndarray]) -> list[list[int]]:
         """Chunks (each MIN..MAX_CHUNK_SAMPLES long) -> units per chunk, in one padded forward."""

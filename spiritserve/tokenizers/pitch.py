@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.errors import CheckpointError
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, padded_batches, split_into_chunks
 from spiritserve.tokenizers.fcpe import F0Extractor
 from spiritserve.weights import load_state_dict_strict, read_checkpoint, reject_unknown_keys, require_keys
 
@@ -26,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
-MAX_CHUNK_SAMPLES = 1_600_000  # 100 s; longer audio is cut into independent chunks, no overlap
-MIN_CHUNK_SAMPLES = 1_280  # 80 ms; shorter chunks (including a short tail) give no units, as in the reference
 FEATURES = ("f0_interp,vuv", "f0,vuv", "norm_f0_interp,vuv", "norm_f0,vuv")  # the reference asserts one of these
 
 # Keys of speech-resynthesis' Encoder/Decoder kwargs. zero_out only sets the initialisation; the reference
@@ -387,36 +386,14 @@ class PitchTokenizer:
 
     def encode(self, waveforms: list[np.ndarray]) -> list[list[int]]:
         """16 kHz mono float waveforms -> one list of pitch units per waveform (12.5 Hz, undeduplicated)."""
-        chunks: list[tuple[int, Tensor]] = []  # (waveform index, chunk), in time order per waveform
-        for index, waveform in enumerate(waveforms):
-            if (
-                not isinstance(waveform, np.ndarray)
-                or waveform.ndim != 1
-                or not np.issubdtype(waveform.dtype, np.floating)
-            ):
-                raise BadAudioError(
-                    f"waveform {index}: expected a 1-D float array (16 kHz mono), got "
-                    f"{type(waveform).__name__} {getattr(waveform, 'shape', '')}"
-                )
-            if not np.isfinite(waveform).all():
-                raise BadAudioError(f"waveform {index}: contains NaN or infinite samples")
-            waveform = torch.tensor(waveform, dtype=torch.float32)  # copies; the caller's array may be read-only
-            for start in range(0, len(waveform), MAX_CHUNK_SAMPLES):
-                chunk = waveform[start : start + MAX_CHUNK_SAMPLES]
-                if len(chunk) >= MIN_CHUNK_SAMPLES:
-                    chunks.append((index, chunk))
+        # torch.tensor copies: the caller's arrays may be read-only.
+        chunks = [(index, torch.tensor(chunk)) for index, chunk in split_into_chunks(waveforms)]
 
         # FCPE on batches of chunks of similar length (sorted), up to max_batch_samples padded samples each.
         tracks: dict[int, tuple[Tensor, Tensor]] = {}  # chunk index -> (F0, voicing) at 200 Hz
-        order = sorted(range(len(chunks)), key=lambda i: len(chunks[i][1]))
-        batch: list[int] = []
-        for position, chunk_index in enumerate(order):
-            batch.append(chunk_index)
-            is_last = position == len(order) - 1
-            if is_last or len(chunks[order[position + 1]][1]) * (len(batch) + 1) > self.max_batch_samples:
-                for done, track in zip(batch, self.f0_extractor([chunks[i][1] for i in batch]), strict=True):
-                    tracks[done] = track
-                batch = []
+        for batch in padded_batches([len(chunk) for _, chunk in chunks], self.max_batch_samples):
+            for done, track in zip(batch, self.f0_extractor([chunks[i][1] for i in batch]), strict=True):
+                tracks[done] = track
 
         units_per_waveform: list[list[int]] = [[] for _ in waveforms]
         with torch.inference_mode():

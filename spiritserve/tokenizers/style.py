@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from transformers.models.wav2vec2.configuration_wav2vec2 import Wav2Vec2Config
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model
 
-from spiritserve.errors import BadAudioError, CheckpointError
-from spiritserve.tokenizers.phonetic import MAX_CHUNK_SAMPLES, MIN_CHUNK_SAMPLES, SAMPLE_RATE
+from spiritserve.errors import CheckpointError
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, SAMPLE_RATE, join_chunks, split_into_chunks
 from spiritserve.weights import load_state_dict_strict, read_checkpoint
 
 CONFIG_FILE = "config.json"
@@ -186,24 +186,7 @@ class StyleTokenizer:
 
     def encode(self, waveforms: list[np.ndarray]) -> list[list[int]]:
         """16 kHz mono float waveforms -> one list of style tokens per waveform (1 Hz, undeduplicated)."""
-        chunks: list[tuple[int, np.ndarray]] = []  # (waveform index, normalised chunk), in time order
-        for index, waveform in enumerate(waveforms):
-            if (
-                not isinstance(waveform, np.ndarray)
-                or waveform.ndim != 1
-                or not np.issubdtype(waveform.dtype, np.floating)
-            ):
-                raise BadAudioError(
-                    f"waveform {index}: expected a 1-D float array (16 kHz mono), got "
-                    f"{type(waveform).__name__} {getattr(waveform, 'shape', '')}"
-                )
-            if not np.isfinite(waveform).all():
-                raise BadAudioError(f"waveform {index}: contains NaN or infinite samples")
-            waveform = waveform.astype(np.float32, copy=False)
-            for start in range(0, len(waveform), MAX_CHUNK_SAMPLES):
-                chunk = waveform[start : start + MAX_CHUNK_SAMPLES]
-                if len(chunk) >= MIN_CHUNK_SAMPLES:
-                    chunks.append((index, normalize(chunk)))
+        chunks = [(index, normalize(chunk)) for index, chunk in split_into_chunks(waveforms)]
 
         # Only chunks of equal length share a forward: the first conv block's GroupNorm normalises over
         # time, so zero padding would change every frame of a shorter chunk (wav2vec2-base style models
@@ -221,10 +204,7 @@ class StyleTokenizer:
                     for chunk_index, chunk_token_list in zip(batch, tokens, strict=True):
                         chunk_tokens[chunk_index] = chunk_token_list
 
-        tokens_per_waveform: list[list[int]] = [[] for _ in waveforms]
-        for (index, _), tokens in zip(chunks, chunk_tokens, strict=True):
-            tokens_per_waveform[index].extend(tokens)
-        return tokens_per_waveform
+        return join_chunks(chunks, chunk_tokens, len(waveforms))
 
     def _encode_batch(self, chunks: np.ndarray) -> list[list[int]]:
         """Normalised chunks of one length (B, samples) -> style tokens per chunk, one forward."""

@@ -8,10 +8,10 @@ import torch
 from torch.nn.utils.parametrizations import weight_norm
 
 from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
 from spiritserve.tokenizers.hubert import HubertConfig, HubertModel, WeightNormConv1d
 from spiritserve.tokenizers.phonetic import (
     HUBERT_FILE,
-    MAX_CHUNK_SAMPLES,
     QUANTIZER_FILE,
     PhoneticTokenizer,
     write_tiny_phonetic_tokenizer,

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
 from spiritserve.tokenizers.fcpe import F0Extractor, FCPEConfig, bundled_checkpoint_path
 from spiritserve.tokenizers.pitch import (
     CONFIG_FILE,
-    MAX_CHUNK_SAMPLES,
     MODEL_FILE,
     PitchTokenizer,
     VQVAEConfig,

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
 from spiritserve.errors import BadAudioError, CheckpointError
-from spiritserve.tokenizers.phonetic import MAX_CHUNK_SAMPLES
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
 from spiritserve.tokenizers.style import (
     CONFIG_FILE,
     POS_CONV_PREFIX,
