@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from spiritserve.tokens import (
     build_prompt,
 )
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
+from spiritserve.vocoder.batched import VocodeRequest, decode_batch
 from spiritserve.vocoder.streaming import StreamingDecoder
 
 logger = logging.getLogger(__name__)
@@ -102,16 +104,6 @@ class PipelineLimits:
 STREAMING_MAX_HELD_UNITS = 25
 
 
-@dataclass(frozen=True)
-class VocodeRequest:
-    units: list[int]
-    speaker: int
-    style: int | None
-    predict_durations: bool
-    pitch: list[int] | None
-    style_units: list[int] | None
-
-
 class SpiritPipeline:
     def __init__(
         self,
@@ -142,19 +134,11 @@ class SpiritPipeline:
             on_batch=on_batch,
         )
         self._tokenize_batcher = MicroBatcher("speech_tokenizer", speech_tokenizer.encode, **batching)
-        self._vocode_batcher = MicroBatcher("vocoder", self._vocode_batch, **batching)
+        self._vocode_batcher = MicroBatcher("vocoder", partial(decode_batch, vocoder), **batching)
 
     @property
     def is_expressive(self) -> bool:
         return self.vocoder.is_expressive
-
-    def _vocode_batch(self, requests: list[VocodeRequest]) -> list[VocoderOutput]:
-        """Runs each sequence through the vocoder in turn (sequences of different lengths are not padded
-        together, which would change their last samples); batching here only saves thread hand-offs."""
-        return [
-            self.vocoder.decode(r.units, r.speaker, r.style, r.predict_durations, r.pitch, r.style_units)
-            for r in requests
-        ]
 
     async def tokenize(self, audio: np.ndarray) -> SpeechUnits:
         """16 kHz mono audio → raw units of every stream the variant uses."""

@@ -220,11 +220,29 @@ class UnitVocoder:
           and both streams are upsampled to one per unit (×2 / ×25, padded with the last value, cut).
         Missing pitch or style_units for the expressive vocoder is a ValueError: the caller picks the fallback.
         """
+        features, durations = self.frame_features(units, speaker, style, predict_durations, pitch, style_units)
+        if features is None:  # the reference crashes here (compat doc §16.1a); no units is no audio
+            return VocoderOutput(audio=np.zeros(0, dtype=np.float32), durations=[])
+        audio = self.model.generate(features[None])[0]  # (frames × hop,)
+        return VocoderOutput(audio=audio.float().cpu().numpy(), durations=durations)
+
+    @torch.inference_mode()
+    def frame_features(
+        self,
+        units: list[int],
+        speaker: int,
+        style: int | None = None,
+        predict_durations: bool = True,
+        pitch: list[int] | None = None,
+        style_units: list[int] | None = None,
+    ) -> tuple[torch.Tensor | None, list[int]]:
+        """Check a request (arguments as in ``decode``) and build its generator input: (model_in_dim, frames)
+        features (None for no units) and the frames used per unit."""
         units = self._check_request(units, speaker, style)
         pitch = self._check_stream(pitch, self.num_pitch_units, "pitch")
         style_units = self._check_stream(style_units, self.num_style_units, "style_units")
-        if not units:  # the reference crashes here (compat doc §16.1a); no units is no audio
-            return VocoderOutput(audio=np.zeros(0, dtype=np.float32), durations=[])
+        if not units:
+            return None, []
         f0_codes, style_codes, resynthesis = self._aligned_streams(units, pitch, style_units)  # (1, T) each
         if resynthesis:
             predict_durations = False
@@ -234,9 +252,11 @@ class UnitVocoder:
         speakers = torch.tensor([speaker], dtype=torch.long, device=self.device)  # (1,)
         styles = None if style is None else torch.tensor([style], dtype=torch.long, device=self.device)
         durations = self.model.predict_durations(codes) if predict_durations else None  # (1, T)
-        audio = self.model(codes, speakers, styles, durations, f0_codes=f0_codes, style_codes=style_codes)[0]
+        features = self.model.frame_features(
+            codes, speakers, styles, durations, f0_codes=f0_codes, style_codes=style_codes
+        )  # (1, model_in_dim, frames)
         used = durations[0].tolist() if durations is not None else [1] * len(units)
-        return VocoderOutput(audio=audio.float().cpu().numpy(), durations=used)
+        return features[0], used
 
 
 def _check_ids(values: list[int], size: int, name: str) -> list[int]:
