@@ -1,4 +1,4 @@
-"""Command line: `spiritserve serve` and `spiritserve make-tiny`.
+"""Command line: `spiritserve serve`, `make-tiny`, `bench-components` and `check-precision`.
 
 Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
 """
@@ -7,6 +7,8 @@ import argparse
 import logging
 import os
 from pathlib import Path
+
+from spiritserve import bench, precision
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--variant", choices=["base", "expressive"], default="base")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_make_tiny)
+
+    bench.add_parser(commands)  # bench-components
+    precision.add_parser(commands)  # check-precision
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

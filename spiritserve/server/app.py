@@ -50,7 +50,9 @@ async def load_pipeline(settings: Settings, metrics: ServiceMetrics) -> SpiritPi
         root,
         device,
     )
-    speech_tokenizer = await asyncio.to_thread(SpeechTokenizer.from_checkpoint, checkpoint, device)
+    speech_tokenizer = await asyncio.to_thread(
+        SpeechTokenizer.from_checkpoint, checkpoint, device, getattr(torch, settings.speech_dtype)
+    )
     vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
     engine = LanguageModelEngine.start(
         checkpoint.language_model.path, settings.engine_settings(on_cpu=not torch.cuda.is_available())
