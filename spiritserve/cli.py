@@ -23,7 +23,9 @@ def _serve(args: argparse.Namespace) -> None:
         key: value for key, value in vars(args).items() if key in ("checkpoints", "variant", "host", "port") and value
     }
     settings = Settings(**overrides)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # Websocket frames beyond the session's message limit are refused by uvicorn itself (close 1009).
+    ws_max_size = settings.realtime_max_message_bytes * 2
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info", ws_max_size=ws_max_size)
 
 
 def _make_tiny(args: argparse.Namespace) -> None:

@@ -100,6 +100,14 @@ class PipelineLimits:
     batch_max_wait_s: float = 0.005
 
 
+@dataclass(frozen=True)
+class SpeechDelta:
+    """A step of streamed speech: the unit tokens generated and the audio that became final (may be empty)."""
+
+    tokens: str
+    audio: np.ndarray
+
+
 # Streaming expressive speech holds Hu units until the first Pi and St arrive, at most this many (1 s).
 STREAMING_MAX_HELD_UNITS = 25
 
@@ -240,7 +248,12 @@ class SpiritPipeline:
     ) -> TokenRequest:
         """Tokenize the inputs and build the engine request; every input error surfaces here, before any
         response (streamed or not) has started."""
-        segments = [await self._prompt_segment(item) for item in inputs]
+        return self.request_for([await self._prompt_segment(item) for item in inputs], output, options)
+
+    def request_for(
+        self, segments: list[PromptSegment], output: OutputModality, options: SamplingOptions
+    ) -> TokenRequest:
+        """The engine request for a prompt already in segments (text, or speech as unit strings)."""
         prompt_ids = self.tokenizer.encode_prompt(build_prompt(segments, output))
         return TokenRequest(
             prompt_ids=prompt_ids,
@@ -284,7 +297,7 @@ class SpiritPipeline:
 
     def open_speech_stream(
         self, request: TokenRequest, options: SamplingOptions, request_id: str | None = None
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncIterator["SpeechDelta"]:
         """Speech output as it is generated: token deltas → aligned frames → streaming vocoder → audio chunks.
 
         The vocoder runs on the speech-worker thread, chunk by chunk (a small first chunk, then larger), so
@@ -301,7 +314,7 @@ class SpiritPipeline:
 
     async def _stream_speech(
         self, request: TokenRequest, decoder: StreamingDecoder, aligner: UnitAligner, request_id: str
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncIterator["SpeechDelta"]:
         loop = asyncio.get_running_loop()
 
         async def vocode(frames: AlignedUnits, final: bool = False) -> np.ndarray:
@@ -312,13 +325,23 @@ class SpiritPipeline:
             return await loop.run_in_executor(self._speech_worker, run)
 
         async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
-            audio = await vocode(aligner.push("".join(self.tokenizer.pieces(delta.token_ids))))
-            if len(audio):
-                yield audio
-        audio = await vocode(aligner.finish(), final=True)
-        if len(audio):
-            yield audio
+            tokens = "".join(self.tokenizer.pieces(delta.token_ids))
+            yield SpeechDelta(tokens, await vocode(aligner.push(tokens)))
+        yield SpeechDelta("", await vocode(aligner.finish(), final=True))
         logger.info("request %s: streamed %d units", request_id, len(decoder.durations))
+
+    async def stream_text(self, request: TokenRequest, request_id: str | None = None) -> AsyncIterator[str]:
+        """Text output as it is generated. SentencePiece pieces do not decode one by one (byte pieces,
+        leading spaces), so the whole text so far is decoded and only what is new is yielded."""
+        request_id = request_id or uuid.uuid4().hex
+        generated: list[int] = []
+        text = ""
+        async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
+            generated.extend(token for token in delta.token_ids if token != self.tokenizer.eos_id)
+            decoded = self.tokenizer.decode_text(generated)
+            if len(decoded) > len(text) and not decoded.endswith("\ufffd"):  # wait for whole UTF-8 characters
+                yield decoded[len(text) :]
+                text = decoded
 
     async def warm_up(self) -> None:
         """Run one tiny request through every stage before reporting ready (first calls are the slowest)."""

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(16, ge=1, le=256, description="most requests one speech-stage batch holds")
     batch_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill")
 
+    realtime_max_sessions: int = Field(16, ge=1, description="more websocket sessions are refused (close 1013)")
+    realtime_idle_timeout_s: float = Field(300.0, gt=0, description="a session with no message this long is closed")
+    realtime_max_message_bytes: int = Field(2**20, gt=0, description="larger websocket messages get an error event")
+    realtime_context_tokens: int = Field(2048, gt=0, description="conversation kept in the prompt, oldest dropped")
+
     engine_dtype: str = "bfloat16"
     engine_max_model_len: int = Field(4096, gt=0)
     engine_max_num_seqs: int = Field(64, gt=0)

@@ -20,6 +20,8 @@ SERVER_START_TIMEOUT_S = 600
 # Small on purpose, so the limit tests need only small uploads.
 SERVER_MAX_AUDIO_SECONDS = 20
 SERVER_MAX_UPLOAD_BYTES = 2 * 2**20
+SERVER_MAX_REALTIME_SESSIONS = 3
+SERVER_REALTIME_IDLE_TIMEOUT_S = 6
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +48,8 @@ def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "SPIRITSERVE_MAX_UPLOAD_BYTES": str(SERVER_MAX_UPLOAD_BYTES),
         # A wider batching window than production's 5 ms, so concurrent test requests reliably share batches.
         "SPIRITSERVE_BATCH_MAX_WAIT_MS": "30",
+        "SPIRITSERVE_REALTIME_MAX_SESSIONS": str(SERVER_MAX_REALTIME_SESSIONS),
+        "SPIRITSERVE_REALTIME_IDLE_TIMEOUT_S": str(SERVER_REALTIME_IDLE_TIMEOUT_S),
     }
     command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(root), "--port", str(port)]
     with open(log_path, "wb") as log:

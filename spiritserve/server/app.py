@@ -23,6 +23,7 @@ from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
 from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
+from spiritserve.server.realtime import router as realtime_router
 from spiritserve.server.routes import ClientDisconnected, router
 from spiritserve.settings import Settings
 from spiritserve.tokenizers.speech import SpeechTokenizer
@@ -129,7 +130,9 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipeline = None
+    app.state.realtime_sessions = 0
     app.include_router(router)
+    app.include_router(realtime_router)
     install_error_handlers(app)
     # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20)

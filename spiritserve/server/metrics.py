@@ -2,7 +2,7 @@
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spiritserve.batching import BatchStats
@@ -39,6 +39,10 @@ class ServiceMetrics:
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
+        )
+
+        self.realtime_sessions = Gauge(
+            "spiritserve_realtime_sessions", "open /v1/realtime websocket sessions", registry=self.registry
         )
 
     def observe_batch(self, stats: BatchStats) -> None:

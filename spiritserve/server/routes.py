@@ -177,8 +177,9 @@ async def _generate_or_stream(
     async def body() -> AsyncIterator[bytes]:
         if fields.response_format == "wav":
             yield streaming_wav_header()
-        async for chunk in chunks:
-            yield encode_pcm16(chunk)
+        async for delta in chunks:
+            if len(delta.audio):
+                yield encode_pcm16(delta.audio)
 
     # Starlette cancels `body` when the client disconnects, which aborts the engine request.
     media_type = WAV_MEDIA_TYPE if fields.response_format == "wav" else PCM_MEDIA_TYPE

@@ -1,0 +1,201 @@
+"""`/v1/realtime` with a real websocket client against the real server (and its real vLLM engine)."""
+
+import base64
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.conftest import SERVER_MAX_REALTIME_SESSIONS, SERVER_REALTIME_IDLE_TIMEOUT_S
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+HOP = 640
+
+
+def pcm16(path: Path, rate: int = 16000) -> bytes:
+    audio, source_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    audio = soxr.resample(audio.mean(axis=1), source_rate, rate)
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+CLIP = pcm16(FIXTURES / "espeak_16k_mono.flac")
+
+
+class Session:
+    """A thin test client: send events, read events until one of a type arrives."""
+
+    def __init__(self, socket) -> None:
+        self.socket = socket
+        self.events: list[dict] = []
+
+    def send(self, event: dict) -> None:
+        self.socket.send(json.dumps(event))
+
+    def receive(self, timeout: float = 60) -> dict:
+        event = json.loads(self.socket.recv(timeout=timeout))
+        self.events.append(event)
+        return event
+
+    def until(self, event_type: str, timeout: float = 120) -> list[dict]:
+        """Events up to and including the first of `event_type`."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.receive(timeout=max(0.1, deadline - time.monotonic()))
+            seen.append(event)
+            if event["type"] == event_type:
+                return seen
+
+    def append(self, pcm: bytes, chunk: int = 16000) -> None:
+        for start in range(0, len(pcm), chunk):
+            self.send(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[start : start + chunk]).decode()}
+            )
+
+
+def open_session(url: str):
+    return connect(url.replace("http://", "ws://") + "/v1/realtime", max_size=2**24)
+
+
+@pytest.fixture()
+def session(server_url: str):
+    with open_session(server_url) as socket:
+        client = Session(socket)
+        assert client.receive()["type"] == "session.created"
+        yield client
+
+
+def configure(session: Session, **fields) -> dict:
+    session.send({"type": "session.update", "session": fields})
+    return session.until("session.updated")[-1]["session"]
+
+
+def audio_of(events: list[dict]) -> np.ndarray:
+    chunks = [base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"]
+    return np.frombuffer(b"".join(chunks), dtype="<i2")
+
+
+def test_a_full_turn_streams_audio_matching_the_generated_units(session, client):
+    configure(session, max_response_seconds=1, seed=3)
+    session.append(CLIP)
+    session.send({"type": "input_audio_buffer.commit"})
+    events = session.until("response.done")
+    types = [event["type"] for event in events]
+    assert types[:2] == ["input_audio_buffer.committed", "response.created"]
+    assert "response.output_audio.delta" in types
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["usage"]["output_tokens"] == 25  # 1 s of Hu tokens
+    audio = audio_of(events)
+    # The streamed audio is exactly what the vocoder makes of the generated units.
+    whole = client.post("/v1/synthesize", json={"tokens": done["output"]["tokens"]})
+    assert len(audio) == (len(whole.content) - 44) // 2 and len(audio) % HOP == 0
+    assert done["usage"]["output_audio_seconds"] == pytest.approx(len(audio) / 16000)
+    assert done["timings"]["first_delta_s"] <= done["timings"]["total_s"]
+
+
+def test_a_second_turn_sees_the_first_in_its_prompt(session):
+    configure(session, max_response_seconds=1, seed=4)
+    session.append(CLIP)
+    session.send({"type": "input_audio_buffer.commit"})
+    first = session.until("response.done")[-1]["response"]["usage"]
+    session.append(CLIP)
+    session.send({"type": "input_audio_buffer.commit"})
+    second = session.until("response.done")[-1]["response"]["usage"]
+    # turn 2's prompt = turn 1's prompt + the model's answer + the new user speech
+    assert second["input_tokens"] > first["input_tokens"] + first["output_tokens"]
+
+
+def _running_requests(client) -> float:
+    line = next(
+        line for line in client.get("/metrics").text.splitlines() if line.startswith("vllm:num_requests_running{")
+    )
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_cancel_mid_response_stops_deltas_and_frees_the_engine(session, client):
+    configure(session, max_response_seconds=60, seed=5)  # 1500 tokens: many seconds on the tiny engine
+    session.append(CLIP)
+    session.send({"type": "input_audio_buffer.commit"})
+    session.until("response.output_audio.delta")
+    session.send({"type": "response.cancel"})
+    done = session.until("response.done")[-1]["response"]
+    assert done["status"] == "cancelled" and done["usage"]["output_tokens"] < 1500
+    deadline = time.monotonic() + 5
+    while _running_requests(client) != 0.0:
+        assert time.monotonic() < deadline, "the engine request kept running after the cancel"
+        time.sleep(0.1)
+
+
+def test_server_vad_ends_the_turn_and_new_speech_barges_in(session):
+    configure(session, max_response_seconds=30, seed=6, turn_detection={"type": "server_vad", "silence_ms": 300})
+    silence = np.zeros(16000, dtype="<i2").tobytes()
+    session.append(CLIP + silence)  # speech, then a second of silence: the turn ends by itself
+    events = session.until("response.output_audio.delta")
+    types = [event["type"] for event in events]
+    assert types.index("input_audio_buffer.speech_started") < types.index("input_audio_buffer.speech_stopped")
+    assert "input_audio_buffer.committed" in types
+    session.append(CLIP[:16000])  # the user talks over the answer
+    done = session.until("response.done")[-1]["response"]
+    assert done["status"] == "cancelled"
+
+
+def test_text_output_streams_text_deltas(session):
+    configure(session, output_modality="text", max_response_tokens=8, seed=7)
+    session.append(CLIP)
+    session.send({"type": "input_audio_buffer.commit"})
+    events = session.until("response.done")
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text and events[-1]["response"]["output"]["text"] == text
+    assert not any(e["type"] == "response.output_audio.delta" for e in events)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{not json", "invalid_json"),
+        (json.dumps({"type": "conversation.explode"}), "invalid_event"),
+        (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
+        (json.dumps({"type": "response.cancel"}), "no_active_response"),
+        (json.dumps({"type": "response.create"}), "empty_conversation"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": "!!"}), "invalid_audio"),
+        (json.dumps({"type": "session.update", "session": {"temperature": 9}}), "invalid_session"),
+        (json.dumps({"type": "session.update", "session": {"voice": "alloy"}}), "invalid_session"),
+    ],
+)
+def test_protocol_errors_get_error_events_and_the_session_lives_on(session, message, code):
+    session.socket.send(message)
+    event = session.receive()
+    assert event["type"] == "error" and event["error"]["code"] == code, event
+    assert configure(session, seed=1)["seed"] == 1  # still serving
+
+
+def test_binary_and_oversized_messages_get_error_events(session):
+    session.socket.send(b"\x00\x01")
+    assert session.receive()["error"]["code"] == "binary_not_supported"
+    session.send({"type": "input_audio_buffer.append", "audio": "A" * (2**20 + 10)})
+    assert session.receive()["error"]["code"] == "message_too_large"
+
+
+def test_sessions_beyond_the_limit_are_refused_with_1013(server_url):
+    with contextlib.ExitStack() as stack:
+        for _ in range(SERVER_MAX_REALTIME_SESSIONS):
+            assert Session(stack.enter_context(open_session(server_url))).receive()["type"] == "session.created"
+        extra = Session(stack.enter_context(open_session(server_url)))
+        with pytest.raises(ConnectionClosed) as closed:
+            extra.receive()
+        assert closed.value.rcvd.code == 1013 and "sessions" in closed.value.rcvd.reason
+
+
+def test_idle_sessions_are_closed(session):
+    event = session.receive(timeout=SERVER_REALTIME_IDLE_TIMEOUT_S + 10)
+    assert event["type"] == "error" and event["error"]["code"] == "idle_timeout"
+    with pytest.raises(ConnectionClosed) as closed:
+        session.receive(timeout=5)
+    assert closed.value.rcvd.code == 1000
