@@ -1,4 +1,4 @@
-"""Command line: `spiritserve serve`, `make-tiny`, `bench-components` and `check-precision`.
+"""Command line: `spiritserve serve`, `make-tiny`, `chat`, `bench-components` and `check-precision`.
 
 Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
 """
@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from spiritserve import bench, precision
+from spiritserve import bench, chat, precision
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     bench.add_parser(commands)  # bench-components
     precision.add_parser(commands)  # check-precision
+    chat.add_parser(commands)  # chat
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,33 @@
+"""`spiritserve chat` against the real server: files in, streamed answers saved as WAV."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def test_chat_speaks_two_turns_and_saves_the_answers(server_url: str, tmp_path: Path):
+    url = server_url.replace("http://", "ws://") + "/v1/realtime"
+    clips = [str(FIXTURES / "espeak_44k_stereo.mp3"), str(FIXTURES / "flite_8k_mono.wav")]
+    command = [sys.executable, "-m", "spiritserve", "chat", *clips, "--url", url, "--out", str(tmp_path / "a.wav")]
+    result = subprocess.run(
+        [*command, "--max-seconds", "1", "--seed", "2"], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr
+    for turn in (1, 2):
+        info = soundfile.info(tmp_path / f"a-{turn}.wav")
+        assert info.samplerate == 16000 and info.channels == 1 and info.frames > 0 and info.frames % 640 == 0
+        assert f"turn {turn}: completed, " in result.stdout
+    assert "25 generated" in result.stdout  # 1 s of speech tokens per turn
+
+
+def test_chat_text_answers_print_text(server_url: str, tmp_path: Path):
+    url = server_url.replace("http://", "ws://") + "/v1/realtime"
+    command = [sys.executable, "-m", "spiritserve", "chat", str(FIXTURES / "espeak_16k_mono.flac"), "--url", url]
+    out = tmp_path / "answer.wav"
+    result = subprocess.run([*command, "--text", "--out", str(out)], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "turn 1: completed" in result.stdout and not out.exists()  # text answers are printed, not saved
