@@ -127,7 +127,7 @@ def test_cancel_mid_response_stops_deltas_and_frees_the_engine(session, client):
     session.send({"type": "response.cancel"})
     done = session.until("response.done")[-1]["response"]
     assert done["status"] == "cancelled" and done["usage"]["output_tokens"] < 1500
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while _running_requests(client) != 0.0:
         assert time.monotonic() < deadline, "the engine request kept running after the cancel"
         time.sleep(0.1)
