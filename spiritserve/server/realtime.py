@@ -257,6 +257,10 @@ class RealtimeSession:
         except SpiritServeError as exc:
             status = "failed"
             await self.send(error_event(type(exc).__name__, str(exc)))
+        except Exception:  # a bug, not the client's fault: say so instead of leaving the client waiting
+            logger.exception("session %s: response %s failed", self.id, response_id)
+            status = "failed"
+            await self.send(error_event("server_error", "the response failed inside the server"))
         if generated:
             modality = Modality.SPEECH if speech else Modality.TEXT
             self.context.append(PromptSegment(modality, generated))
