@@ -1,79 +1,197 @@
-"""`spiritserve chat`: a terminal client for `/v1/realtime` — speak a file to the server, save the answer.
+"""`spiritserve chat`: a terminal client for `/v1/realtime` — talk through files or a microphone.
 
-It streams the file as 100 ms input_audio_buffer.append events (as a microphone would), commits the turn,
-prints text deltas and timings as they arrive, and writes the streamed answer audio to a WAV file.
-Several files make several turns of one conversation.
+Files: each file is one user turn, streamed as 100 ms `input_audio_buffer.append` events and committed.
+Microphone: audio is captured live through FFmpeg's device layer (ALSA by default; any FFmpeg input
+device with `--capture-format`), streamed as it is recorded, and the server's voice-activity detection
+ends each turn. Either way, text deltas are printed as they arrive and every spoken answer is written to
+a WAV file (numbered per turn), with the timings the server reports.
 """
 
 import argparse
 import base64
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 CHUNK_SECONDS = 0.1
+QUIET_SECONDS = 1.5  # live mode: after capture and all answers, this long without events ends the session
+SAMPLE_RATE = 16_000
+
+
+def capture(source: str, input_format: str | None) -> Iterator[bytes]:
+    """PCM16 mono 16 kHz chunks of about 100 ms from a file or a capture device, as FFmpeg reads it."""
+    import av
+
+    step = int(CHUNK_SECONDS * SAMPLE_RATE) * 2
+    pending = b""
+    with av.open(source, format=input_format) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        for frame in container.decode(audio=0):
+            for converted in resampler.resample(frame):
+                pending += bytes(converted.planes[0])[: converted.samples * 2]
+                while len(pending) >= step:
+                    yield pending[:step]
+                    pending = pending[step:]
+        for converted in resampler.resample(None):
+            pending += bytes(converted.planes[0])[: converted.samples * 2]
+    if pending:
+        yield pending
+
+
+class ChatClient:
+    def __init__(self, socket, out: Path, timeout: float) -> None:
+        self.socket = socket
+        self.out = out
+        self.timeout = timeout
+        self.turns = 0
+        self._audio: list[bytes] = []
+
+    def receive(self) -> dict:
+        event = json.loads(self.socket.recv(timeout=self.timeout))
+        if event["type"] == "error":
+            print(f"error: {event['error']['code']}: {event['error']['message']}", file=sys.stderr)
+        return event
+
+    def send_audio(self, chunk: bytes) -> None:
+        self.socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}))
+
+    def configure(self, session: dict) -> None:
+        self.receive()  # session.created
+        self.socket.send(json.dumps({"type": "session.update", "session": session}))
+        while self.receive()["type"] != "session.updated":
+            pass
+
+    def answer(self) -> str:
+        """Read one response to its end; returns its status."""
+        while (event := self.receive())["type"] != "response.done":
+            self.on_delta(event)
+        return self.finish_turn(event)
+
+    def on_delta(self, event: dict) -> None:
+        if event["type"] == "response.output_audio.delta":
+            self._audio.append(base64.b64decode(event["delta"]))
+        elif event["type"] == "response.output_text.delta":
+            print(event["delta"], end="", flush=True)
+
+    def finish_turn(self, done_event: dict) -> str:
+        """Save the turn's audio and report it (from its response.done); returns its status."""
+        import numpy as np
+        import soundfile
+
+        self.turns += 1
+        done = done_event["response"]
+        if self._audio:
+            path = self.out.with_stem(f"{self.out.stem}-{self.turns}")
+            samples = np.frombuffer(b"".join(self._audio), dtype="<i2")
+            soundfile.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
+            print(f"turn {self.turns}: wrote {len(samples) / SAMPLE_RATE:.2f} s of speech to {path}")
+        else:
+            print()
+        self._audio = []
+        usage, timings = done["usage"], done["timings"]
+        print(
+            f"turn {self.turns}: {done['status']}, {usage['input_tokens']} prompt tokens, "
+            f"{usage['output_tokens']} generated, first delta after {timings['first_delta_s'] or 0:.3f} s, "
+            f"{timings['total_s']:.3f} s in all",
+            flush=True,
+        )
+        return done["status"]
+
+
+def _talk_with_files(client: ChatClient, files: list[Path]) -> bool:
+    completed = True
+    for path in files:
+        for chunk in capture(str(path), None):
+            client.send_audio(chunk)
+        client.socket.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        completed = client.answer() == "completed" and completed
+    return completed
+
+
+def _talk_live(client: ChatClient, device: str, input_format: str, seconds: float | None, silence_ms: int) -> bool:
+    """Stream the device from a second thread while this one reads answers; server VAD ends the turns.
+
+    When capture ends, a little more than `silence_ms` of silence lets VAD close a turn still open; the
+    session ends once no turn is open, no response is running, and the server has gone quiet.
+    """
+    capture_done = threading.Event()
+
+    def stream() -> None:
+        started = time.monotonic()
+        try:
+            for chunk in capture(device, input_format):
+                client.send_audio(chunk)
+                if seconds is not None and time.monotonic() - started >= seconds:
+                    break
+            client.send_audio(bytes(int((silence_ms + 200) / 1000 * SAMPLE_RATE) * 2))
+        finally:
+            capture_done.set()
+
+    threading.Thread(target=stream, name="capture", daemon=True).start()
+    statuses: list[str] = []
+    turn_open = False
+    responses_running = 0
+    while True:
+        settled = capture_done.is_set() and not turn_open and responses_running == 0
+        try:
+            event = json.loads(client.socket.recv(timeout=QUIET_SECONDS if settled else client.timeout))
+        except TimeoutError:
+            if settled:
+                break
+            raise
+        kind = event["type"]
+        if kind == "input_audio_buffer.speech_started":
+            turn_open = True
+        elif kind == "input_audio_buffer.speech_stopped":
+            turn_open = False
+        elif kind == "response.created":
+            responses_running += 1
+        elif kind == "response.done":
+            responses_running -= 1
+            statuses.append(client.finish_turn(event))
+        elif kind == "error":
+            print(f"error: {event['error']['code']}: {event['error']['message']}", file=sys.stderr)
+        else:
+            client.on_delta(event)
+    return bool(statuses) and all(status == "completed" for status in statuses[-1:])
 
 
 def _run(args: argparse.Namespace) -> None:
-    import numpy as np
-    import soundfile
     from websockets.sync.client import connect
 
-    from spiritserve.server.audio_io import SAMPLE_RATE, decode_audio, encode_pcm16
-
+    if bool(args.inputs) == args.microphone:
+        sys.exit("give audio files, or --microphone, not both")
     session = {"output_modality": "text" if args.text else "speech", "max_response_seconds": args.max_seconds}
     session.update({key: value for key, value in (("seed", args.seed), ("speaker", args.speaker)) if value is not None})
+    if args.microphone:
+        session["turn_detection"] = {"type": "server_vad", "silence_ms": args.silence_ms}
     with connect(args.url, max_size=2**24, open_timeout=30) as socket:
-
-        def receive() -> dict:
-            event = json.loads(socket.recv(timeout=args.timeout))
-            if event["type"] == "error":
-                print(f"error: {event['error']['code']}: {event['error']['message']}", file=sys.stderr)
-            return event
-
-        receive()  # session.created
-        socket.send(json.dumps({"type": "session.update", "session": session}))
-        while receive()["type"] != "session.updated":
-            pass
-        for turn, path in enumerate(args.inputs, start=1):
-            audio = decode_audio(path.read_bytes(), max_seconds=600)
-            step = int(CHUNK_SECONDS * SAMPLE_RATE)
-            for start in range(0, len(audio), step):
-                chunk = base64.b64encode(encode_pcm16(audio[start : start + step])).decode()
-                socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
-            socket.send(json.dumps({"type": "input_audio_buffer.commit"}))
-            answer: list[bytes] = []
-            started = time.perf_counter()
-            while (event := receive())["type"] != "response.done":
-                if event["type"] == "response.output_audio.delta":
-                    answer.append(base64.b64decode(event["delta"]))
-                elif event["type"] == "response.output_text.delta":
-                    print(event["delta"], end="", flush=True)
-            done = event["response"]
-            if answer:
-                out = args.out if len(args.inputs) == 1 else args.out.with_stem(f"{args.out.stem}-{turn}")
-                samples = np.frombuffer(b"".join(answer), dtype="<i2")
-                soundfile.write(out, samples, SAMPLE_RATE, subtype="PCM_16")
-                print(f"turn {turn}: wrote {len(samples) / SAMPLE_RATE:.2f} s of speech to {out}")
-            else:
-                print()
-            usage, timings = done["usage"], done["timings"]
-            print(
-                f"turn {turn}: {done['status']}, {usage['input_tokens']} prompt tokens, "
-                f"{usage['output_tokens']} generated, first delta after {timings['first_delta_s'] or 0:.3f} s, "
-                f"{time.perf_counter() - started:.3f} s in all"
+        client = ChatClient(socket, args.out, args.timeout)
+        client.configure(session)
+        if args.microphone:
+            completed = _talk_live(
+                client, args.capture_device, args.capture_format, args.record_seconds, args.silence_ms
             )
-            if done["status"] != "completed":
-                sys.exit(1)
+        else:
+            completed = _talk_with_files(client, args.inputs)
+    if not completed:
+        sys.exit(1)
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("chat", help="talk to a running server's /v1/realtime with audio files")
-    parser.add_argument("inputs", type=Path, nargs="+", help="speech files, one per user turn (any common format)")
+    parser = commands.add_parser("chat", help="talk to a running server's /v1/realtime (files or microphone)")
+    parser.add_argument("inputs", type=Path, nargs="*", help="speech files, one per user turn (any common format)")
+    parser.add_argument("--microphone", action="store_true", help="capture live audio; the server detects turns")
+    parser.add_argument("--capture-device", default="default", help="FFmpeg input device (ALSA: 'default', 'hw:1')")
+    parser.add_argument("--capture-format", default="alsa", help="FFmpeg input format: alsa, pulse, lavfi, ...")
+    parser.add_argument("--record-seconds", type=float, help="stop capturing after this long (default: device end)")
+    parser.add_argument("--silence-ms", type=int, default=600, help="silence that ends a spoken turn")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/realtime")
-    parser.add_argument("--out", type=Path, default=Path("answer.wav"), help="answer WAV (numbered per turn)")
-    parser.add_argument("--text", action="store_true", help="ask for a text answer instead of speech")
+    parser.add_argument("--out", type=Path, default=Path("answer.wav"), help="answer WAVs, numbered per turn")
+    parser.add_argument("--text", action="store_true", help="ask for text answers instead of speech")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="speech answer budget per turn")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--speaker", type=int)

@@ -199,7 +199,7 @@ class RealtimeSession:
         units = await self.pipeline.tokenize(samples)  # BadAudioError (too short) → error event
         item_id = f"item_{uuid.uuid4().hex[:16]}"
         self.context.append(PromptSegment(Modality.SPEECH, units.to_string()))
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
+        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "event_id": event_id})
         self._start_response()
 
     def _start_response(self) -> None:

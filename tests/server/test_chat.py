@@ -31,3 +31,18 @@ def test_chat_text_answers_print_text(server_url: str, tmp_path: Path):
     result = subprocess.run([*command, "--text", "--out", str(out)], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "turn 1: completed" in result.stdout and not out.exists()  # text answers are printed, not saved
+
+
+def test_chat_live_capture_ends_turns_by_voice_activity(server_url: str, tmp_path: Path):
+    """The live path end to end: FFmpeg's device layer (lavfi playing a clip in real time, where a user
+    would name an ALSA microphone) → streamed appends → server VAD ends the turn → the answer is saved."""
+    url = server_url.replace("http://", "ws://") + "/v1/realtime"
+    device = f"amovie={FIXTURES / 'espeak_16k_mono.flac'},arealtime"
+    command = [sys.executable, "-m", "spiritserve", "chat", "--microphone", "--capture-format", "lavfi"]
+    command += ["--capture-device", device, "--url", url, "--out", str(tmp_path / "live.wav"), "--silence-ms", "300"]
+    result = subprocess.run(
+        [*command, "--max-seconds", "1", "--seed", "4"], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "turn 1: completed" in result.stdout
+    assert soundfile.info(tmp_path / "live-1.wav").frames % 640 == 0
