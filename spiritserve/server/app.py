@@ -25,6 +25,8 @@ from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
 from spiritserve.server.realtime import router as realtime_router
 from spiritserve.server.routes import ClientDisconnected, router
+from spiritserve.server.web import router as web_router
+from spiritserve.server.web import static_files
 from spiritserve.settings import Settings
 from spiritserve.tokenizers.speech import SpeechTokenizer
 from spiritserve.vocoder.base import UnitVocoder
@@ -133,6 +135,8 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.realtime_sessions = 0
     app.include_router(router)
     app.include_router(realtime_router)
+    app.include_router(web_router)  # the voice-chat page at /
+    app.mount("/static", static_files(), name="static")
     install_error_handlers(app)
     # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20)

@@ -1,0 +1,40 @@
+"""The browser voice-chat page: `GET /` and its static files (plain HTML/JS, no build step).
+
+The page talks to `/v1/realtime` (docs/realtime.md): it records the microphone, streams PCM16 at the
+AudioContext's rate with server VAD on, and plays the streamed 16 kHz answer gaplessly. Everything it
+loads comes from this server (its Content-Security-Policy says so); nothing is fetched from elsewhere.
+"""
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(str(resources.files("spiritserve.server") / "static"))
+# Only this origin: scripts (the audio worklet too), styles, the websocket; `data:` only for the empty favicon.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; media-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index() -> HTMLResponse:
+    """The voice-chat page. Query parameters preset its controls (e.g. `?max_response_seconds=1`)."""
+    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
+    return HTMLResponse(_page(), headers=headers)
+
+
+@functools.cache
+def _page() -> str:
+    return (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+
+
+def static_files() -> StaticFiles:
+    """The page's scripts and styles, to mount at `/static`."""
+    return StaticFiles(directory=STATIC_DIR)
