@@ -17,6 +17,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from spiritserve.errors import OverloadedError
+
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -41,6 +43,7 @@ class MicroBatcher(Generic[Item, Result]):
         max_batch_size: int,
         max_wait_s: float,
         on_batch: Callable[[BatchStats], None] | None = None,
+        max_queue: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch_size must be >= 1 and max_wait_s >= 0, got {max_batch_size}, {max_wait_s}")
@@ -50,6 +53,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
+        self.max_queue = max_queue
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future, float]] = asyncio.Queue()
         self._collector: asyncio.Task | None = None
 
@@ -58,7 +62,10 @@ class MicroBatcher(Generic[Item, Result]):
         return self._queue.qsize()
 
     async def submit(self, item: Item) -> Result:
-        """Queue one item and wait for its result (raises what processing it alone raised)."""
+        """Queue one item and wait for its result (raises what processing it alone raised); a full
+        queue refuses the item at once (OverloadedError) rather than letting waits grow without bound."""
+        if self.max_queue is not None and self._queue.qsize() >= self.max_queue:
+            raise OverloadedError(f"the {self.stage} stage has {self.max_queue} items waiting", retry_after_s=1)
         if self._collector is None or self._collector.done():
             self._collector = asyncio.create_task(self._collect(), name=f"{self.stage}-batcher")
         future: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -17,15 +17,22 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from spiritserve.server.app import build_app
+    from spiritserve.server.drain import DrainingServer
     from spiritserve.settings import Settings
 
-    overrides = {
-        key: value for key, value in vars(args).items() if key in ("checkpoints", "variant", "host", "port") and value
-    }
-    settings = Settings(**overrides)
-    # Websocket frames beyond the session's message limit are refused by uvicorn itself (close 1009).
-    ws_max_size = settings.realtime_max_message_bytes * 2
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info", ws_max_size=ws_max_size)
+    flags = ("checkpoints", "variant", "host", "port")
+    settings = Settings(**{key: value for key, value in vars(args).items() if key in flags and value})
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Websocket frames beyond the session's message limit are refused by uvicorn itself (close 1009).
+        ws_max_size=settings.realtime_max_message_bytes * 2,
+        timeout_graceful_shutdown=5,  # after the drain: what is still open is closed this long later
+    )
+    DrainingServer(config, app.state.admission, settings.drain_timeout_s).run()
 
 
 def _make_tiny(args: argparse.Namespace) -> None:

@@ -41,3 +41,25 @@ class GenerationTimeoutError(SpiritServeError):
     """A generation exceeded its wall-clock budget."""
 
     status_code = 504
+
+
+class UnauthorizedError(SpiritServeError):
+    """No API key, or a wrong one, where the server requires keys."""
+
+    status_code = 401
+
+
+class OverloadedError(SpiritServeError):
+    """Too much work in flight or queued; the client should retry after `retry_after_s`."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(OverloadedError):
+    """This API key (or client address) sent more requests per minute than it may."""
+
+    status_code = 429

@@ -98,6 +98,7 @@ class PipelineLimits:
     max_model_len: int
     batch_max_size: int = 16
     batch_max_wait_s: float = 0.005
+    max_queue_per_stage: int = 256
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class SpiritPipeline:
             max_batch_size=limits.batch_max_size,
             max_wait_s=limits.batch_max_wait_s,
             on_batch=on_batch,
+            max_queue=limits.max_queue_per_stage,
         )
         self._tokenize_batcher = MicroBatcher("speech_tokenizer", speech_tokenizer.encode, **batching)
         self._vocode_batcher = MicroBatcher("vocoder", partial(decode_batch, vocoder), **batching)
@@ -147,6 +149,10 @@ class SpiritPipeline:
     @property
     def is_expressive(self) -> bool:
         return self.vocoder.is_expressive
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting per speech stage (for metrics and autoscaling)."""
+        return {batcher.stage: batcher.queue_depth for batcher in (self._tokenize_batcher, self._vocode_batcher)}
 
     async def tokenize(self, audio: np.ndarray) -> SpeechUnits:
         """16 kHz mono audio → raw units of every stream the variant uses."""

@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     realtime_max_message_bytes: int = Field(2**20, gt=0, description="larger websocket messages get an error event")
     realtime_context_tokens: int = Field(2048, gt=0, description="conversation kept in the prompt, oldest dropped")
 
+    api_keys: str | None = Field(None, description="comma-separated API keys; unset (and no file): no auth")
+    api_keys_file: Path | None = Field(None, description="file with one API key per line (e.g. a mounted Secret)")
+    public_paths: str = Field(
+        "/healthz,/readyz,/metrics,/,/static/*", description="paths that need no key (a trailing * means a prefix)"
+    )
+    max_in_flight: int = Field(64, ge=1, description="model requests at once; more get 503 + Retry-After")
+    max_queue_per_stage: int = Field(256, ge=1, description="items waiting per speech stage; more get 503")
+    rate_limit_per_minute: int = Field(0, ge=0, description="requests per key (or address) per minute; 0: off")
+    drain_timeout_s: float = Field(60.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
+
     engine_dtype: str = "bfloat16"
     engine_max_model_len: int = Field(4096, gt=0)
     engine_max_num_seqs: int = Field(64, gt=0)

@@ -19,8 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spiritserve import __version__
 from spiritserve.checkpoints import ensure_embedded_default, open_checkpoint, resolve_root
 from spiritserve.engine.engine import LanguageModelEngine
-from spiritserve.errors import SpiritServeError
+from spiritserve.errors import OverloadedError, SpiritServeError, UnauthorizedError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
+from spiritserve.server.admission import Admission, ApiKeys, RateLimiter, load_api_keys
+from spiritserve.server.auth import AccessMiddleware
 from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
 from spiritserve.server.realtime import router as realtime_router
@@ -68,6 +70,7 @@ async def load_pipeline(settings: Settings, metrics: ServiceMetrics) -> SpiritPi
         max_model_len=settings.engine_max_model_len,
         batch_max_size=settings.batch_max_size,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+        max_queue_per_stage=settings.max_queue_per_stage,
     )
     return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
 
@@ -92,7 +95,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SpiritServeError)
     async def spiritserve_error(request: Request, exc: SpiritServeError) -> JSONResponse:
-        return _error(exc.status_code, type(exc).__name__, str(exc))
+        response = _error(exc.status_code, type(exc).__name__, str(exc))
+        if isinstance(exc, OverloadedError):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, UnauthorizedError):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,6 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def build_app(settings: Settings) -> FastAPI:
+    admission = Admission(settings.max_in_flight)
     metrics = ServiceMetrics()
 
     @asynccontextmanager
@@ -133,6 +142,8 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.state.pipeline = None
     app.state.realtime_sessions = 0
+    app.state.admission = admission
+    metrics.watch(admission, app.state)
     app.include_router(router)
     app.include_router(realtime_router)
     app.include_router(web_router)  # the voice-chat page at /
@@ -140,6 +151,11 @@ def build_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20)
+    api_keys = ApiKeys(
+        load_api_keys(settings.api_keys, settings.api_keys_file),
+        [path.strip() for path in settings.public_paths.split(",") if path.strip()],
+    )
+    app.add_middleware(AccessMiddleware, api_keys=api_keys, rate_limiter=RateLimiter(settings.rate_limit_per_minute))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)

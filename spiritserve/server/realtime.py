@@ -77,8 +77,9 @@ class EnergyVad:
 
 
 class RealtimeSession:
-    def __init__(self, websocket: WebSocket, pipeline: SpiritPipeline, settings) -> None:
+    def __init__(self, websocket: WebSocket, pipeline: SpiritPipeline, settings, admission) -> None:
         self.websocket = websocket
+        self.admission = admission
         self.pipeline = pipeline
         self.settings = settings
         self.id = f"sess_{uuid.uuid4().hex[:16]}"
@@ -234,8 +235,9 @@ class RealtimeSession:
             speaker=self.config.speaker,
         )
         status, generated, audio_samples, first_delta_s, prompt_tokens = "completed", "", 0, None, 0
-        await self.send({"type": "response.created", "response": {"id": response_id, "status": "in_progress"}})
+        self.admission.realtime_responses += 1
         try:
+            await self.send({"type": "response.created", "response": {"id": response_id, "status": "in_progress"}})
             request = self.pipeline.request_for(self._prompt_within_budget(output), output, options)
             prompt_tokens = len(request.prompt_ids)
             if speech:
@@ -261,6 +263,13 @@ class RealtimeSession:
             logger.exception("session %s: response %s failed", self.id, response_id)
             status = "failed"
             await self.send(error_event("server_error", "the response failed inside the server"))
+        finally:
+            self.admission.realtime_responses -= 1
+        metrics = self.websocket.app.state.metrics
+        metrics.generated_tokens.labels(self.config.output_modality).inc(generated.count("[") if speech else 0)
+        if speech:
+            metrics.observe_speech("/v1/realtime", first_delta_s, time.perf_counter() - started,
+                                   audio_samples / OUTPUT_SAMPLE_RATE)  # fmt: skip
         if generated:
             modality = Modality.SPEECH if speech else Modality.TEXT
             self.context.append(PromptSegment(modality, generated))
@@ -295,13 +304,16 @@ async def realtime(websocket: WebSocket) -> None:
     if pipeline is None or not pipeline.engine.is_healthy:
         await websocket.close(code=TRY_AGAIN_LATER, reason="the model is not loaded")
         return
+    if app.state.admission.draining:
+        await websocket.close(code=TRY_AGAIN_LATER, reason="the server is shutting down")
+        return
     if app.state.realtime_sessions >= settings.realtime_max_sessions:
         await websocket.close(code=TRY_AGAIN_LATER, reason=f"at most {settings.realtime_max_sessions} sessions")
         return
     app.state.realtime_sessions += 1
     app.state.metrics.realtime_sessions.inc()
     try:
-        await RealtimeSession(websocket, pipeline, settings).run()
+        await RealtimeSession(websocket, pipeline, settings, app.state.admission).run()
     except WebSocketDisconnect:
         pass
     finally:

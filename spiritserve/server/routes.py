@@ -3,7 +3,8 @@
 import asyncio
 import base64
 import binascii
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, File, Request, UploadFile
@@ -72,7 +73,14 @@ def require_content_type(expected: str):
     return Depends(check)
 
 
+def model_slot(request: Request) -> Iterator[None]:
+    """One in-flight slot per model request, held until its response has been sent (streams included)."""
+    with request.app.state.admission.slot():
+        yield
+
+
 PipelineDep = Annotated[SpiritPipeline, Depends(get_pipeline)]
+Slot = Depends(model_slot)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Multipart = require_content_type("multipart/form-data")
 Json = require_content_type("application/json")
@@ -166,8 +174,15 @@ async def _generate_or_stream(
 ) -> Response:
     """One generation, answered whole, or streamed as audio while it is generated (`stream`)."""
     options = _sampling_options(fields)
+    metrics = request.app.state.metrics
+    route = request.scope["route"].path
+    started = time.perf_counter()
     if not fields.stream:
         result = await cancel_on_disconnect(request, pipeline.generate(inputs, output, options))
+        metrics.generated_tokens.labels(output.value).inc(result.generated_tokens)
+        if result.audio is not None:
+            elapsed = time.perf_counter() - started
+            metrics.observe_speech(route, elapsed, elapsed, len(result.audio.audio) / SAMPLE_RATE)
         return _respond(result, fields.response_format)
     if output != OutputModality.SPEECH:
         raise BadRequestError("stream=true streams audio: it needs output_modality 'speech'")
@@ -175,11 +190,16 @@ async def _generate_or_stream(
     chunks = pipeline.open_speech_stream(token_request, options)
 
     async def body() -> AsyncIterator[bytes]:
+        first_audio_s, samples = None, 0
         if fields.response_format == "wav":
             yield streaming_wav_header()
         async for delta in chunks:
+            metrics.generated_tokens.labels(output.value).inc(delta.tokens.count("["))
             if len(delta.audio):
+                first_audio_s = first_audio_s or time.perf_counter() - started
+                samples += len(delta.audio)
                 yield encode_pcm16(delta.audio)
+        metrics.observe_speech(route, first_audio_s, time.perf_counter() - started, samples / SAMPLE_RATE)
 
     # Starlette cancels `body` when the client disconnects, which aborts the engine request.
     media_type = WAV_MEDIA_TYPE if fields.response_format == "wav" else PCM_MEDIA_TYPE
@@ -202,7 +222,7 @@ async def continue_form(request: Request) -> ContinueForm:
 
 @router.post(
     "/v1/speech/continue",
-    dependencies=[Multipart],
+    dependencies=[Multipart, Slot],
     response_class=Response,
     responses={
         200: {"content": {WAV_MEDIA_TYPE: {}, "application/json": {"schema": GenerationResponse.model_json_schema()}}}
@@ -255,14 +275,14 @@ async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) 
     )
 
 
-@router.post("/v1/generate", dependencies=[Json], response_model=GenerationResponse)
+@router.post("/v1/generate", dependencies=[Json, Slot], response_model=GenerationResponse)
 async def generate(request: Request, body: GenerateRequest, pipeline: PipelineDep, settings: SettingsDep) -> Response:
     """Any-to-any generation over an ordered list of text and speech inputs (the reference's `generate`)."""
     inputs = [await _generation_input(item, settings, pipeline) for item in body.inputs]
     return await _generate_or_stream(request, pipeline, inputs, body.output_modality, body)
 
 
-@router.post("/v1/tokenize", dependencies=[Multipart], response_model=TokenizeResponse)
+@router.post("/v1/tokenize", dependencies=[Multipart, Slot], response_model=TokenizeResponse)
 async def tokenize(
     pipeline: PipelineDep,
     settings: SettingsDep,
@@ -277,7 +297,10 @@ async def tokenize(
 
 
 @router.post(
-    "/v1/synthesize", dependencies=[Json], response_class=Response, responses={200: {"content": {WAV_MEDIA_TYPE: {}}}}
+    "/v1/synthesize",
+    dependencies=[Json, Slot],
+    response_class=Response,
+    responses={200: {"content": {WAV_MEDIA_TYPE: {}}}},
 )
 async def synthesize(body: SynthesizeRequest, pipeline: PipelineDep) -> Response:
     """Unit tokens (as the LM writes them) or raw unit streams (as `/v1/tokenize` returns them) → 16 kHz WAV.
@@ -304,6 +327,8 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: models loaded, warm-up done, engine alive."""
     pipeline = getattr(request.app.state, "pipeline", None)
+    if request.app.state.admission.draining:
+        return JSONResponse({"ready": False, "draining": True}, status_code=503)
     if pipeline is None or not pipeline.engine.is_healthy:
         return JSONResponse({"ready": False}, status_code=503)
     return JSONResponse({"ready": True, "variant": pipeline.checkpoint.variant, "speakers": pipeline.vocoder.speakers})

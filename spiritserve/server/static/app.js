@@ -254,6 +254,9 @@ function realtimeUrl() {
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.search = "";
   url.hash = "";
+  // With API keys on, open the page as /?api_key=KEY: browsers cannot set headers on a websocket.
+  const key = new URLSearchParams(location.search).get("api_key");
+  if (key) url.searchParams.set("api_key", key);
   return url;
 }
 

@@ -1,0 +1,112 @@
+"""Admission control and API keys: refuse work early and clearly instead of queueing it without bound.
+
+- In-flight cap: at most `max_in_flight` model requests (REST generation, tokenize, synthesize) at once;
+  beyond it, 503 with Retry-After. Each speech stage also refuses work when its queue is full (503).
+- Per-key rate: `rate_limit_per_minute` requests per API key (per client address without keys), a
+  token bucket; beyond it, 429 with Retry-After.
+- API keys: `Authorization: Bearer KEY`, or `?api_key=KEY` where a browser cannot set headers (the
+  websocket); compared in constant time. Paths in `public_paths` (exact, or a prefix ending in `*`)
+  need no key.
+- Draining: once SIGTERM has started a drain, new work is refused with 503.
+"""
+
+import hmac
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from spiritserve.errors import OverloadedError, RateLimitedError, UnauthorizedError
+
+
+def load_api_keys(inline: str | None, file: Path | None) -> list[str]:
+    """Keys from a comma-separated setting and/or a file with one key per line (blank lines ignored)."""
+    keys = [key.strip() for key in (inline or "").split(",") if key.strip()]
+    if file is not None:
+        keys += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    return keys
+
+
+class ApiKeys:
+    def __init__(self, keys: list[str], public_paths: list[str]) -> None:
+        self._keys = [key.encode() for key in keys]
+        self.public_paths = public_paths
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def is_public(self, path: str) -> bool:
+        return any(
+            path.startswith(public[:-1]) if public.endswith("*") else path == public for public in self.public_paths
+        )
+
+    def check(self, presented: str | None) -> str:
+        """The caller's key if it is one of ours (every key compared, in constant time); else 401."""
+        if presented is None:
+            raise UnauthorizedError("an API key is required: send 'Authorization: Bearer KEY'")
+        candidate = presented.encode()
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if not matched:
+            raise UnauthorizedError("the API key is not valid")
+        return presented
+
+
+def presented_key(headers: dict[str, str], query: dict[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return query.get("api_key")
+
+
+class RateLimiter:
+    """A token bucket per caller: `per_minute` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill time)
+
+    def take(self, caller: str) -> None:
+        if self.per_minute <= 0:
+            return
+        now = time.monotonic()
+        tokens, last = self._buckets.get(caller, (float(self.per_minute), now))
+        tokens = min(self.per_minute, tokens + (now - last) * self.per_minute / 60)
+        if tokens < 1:
+            self._buckets[caller] = (tokens, now)
+            retry_after = math.ceil((1 - tokens) * 60 / self.per_minute)
+            raise RateLimitedError(f"more than {self.per_minute} requests per minute", retry_after_s=retry_after)
+        self._buckets[caller] = (tokens - 1, now)
+
+
+class Admission:
+    """The in-flight counter and the draining flag shared by every route."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.realtime_responses = 0  # websocket answers being generated (a drain waits for them too)
+        self.draining = False
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0 or self.realtime_responses > 0
+
+    def check_open(self) -> None:
+        if self.draining:
+            raise OverloadedError("the server is shutting down; retry on another replica", retry_after_s=5)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one in-flight slot for the duration of a request (503 when none is free)."""
+        self.check_open()
+        if self.in_flight >= self.max_in_flight:
+            raise OverloadedError(f"{self.max_in_flight} requests are already in flight", retry_after_s=1)
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1

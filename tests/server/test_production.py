@@ -1,0 +1,171 @@
+"""Operator features against a real server of their own: API keys, admission control, metrics, and the
+graceful drain on SIGTERM (which ends this module's server, so it runs last)."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import _free_port
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+CLIP = FIXTURES / "espeak_16k_mono.flac"
+KEY, OTHER_KEY = "sk-test-one", "sk-test-two"
+MAX_IN_FLIGHT = 2
+RATE_PER_MINUTE = 120
+
+
+@pytest.fixture(scope="module")
+def production_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(url, process): `spiritserve serve` with keys (one inline, one from a file), 2 requests in flight,
+    a per-key rate limit and a 60 s drain."""
+    keys_file = tmp_path_factory.mktemp("secrets") / "keys"
+    keys_file.write_text(f"\n{OTHER_KEY}\n")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SPIRITSERVE_API_KEYS": KEY,
+        "SPIRITSERVE_API_KEYS_FILE": str(keys_file),
+        "SPIRITSERVE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        "SPIRITSERVE_RATE_LIMIT_PER_MINUTE": str(RATE_PER_MINUTE),
+        "SPIRITSERVE_DRAIN_TIMEOUT_S": "60",
+    }
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "wb")  # noqa: SIM115 (closed below)
+    command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(tiny_bundle), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, "production server did not start"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(1)
+    yield url, process
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    log.close()
+
+
+def authorized(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def upload() -> dict:
+    return {"audio": (CLIP.name, CLIP.read_bytes(), "application/octet-stream")}
+
+
+def test_keys_are_required_except_on_public_paths(production_server):
+    url, _ = production_server
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    assert "spiritserve_in_flight_requests" in httpx.get(f"{url}/metrics").text
+    missing = httpx.post(f"{url}/v1/tokenize", files=upload())
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(f"{url}/v1/tokenize", files=upload(), headers=authorized("sk-test-wrong"))
+    assert wrong.status_code == 401 and "not valid" in wrong.json()["error"]["message"]
+    for key in (KEY, OTHER_KEY):  # inline and from the file
+        assert httpx.post(f"{url}/v1/tokenize", files=upload(), headers=authorized(key)).status_code == 200
+
+
+def test_websocket_takes_the_key_in_the_query_for_browsers(production_server):
+    ws = production_server[0].replace("http://", "ws://") + "/v1/realtime"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws)
+    assert refused.value.response.status_code == 403
+    with connect(f"{ws}?api_key={KEY}") as socket:
+        assert '"session.created"' in socket.recv(timeout=30)
+    with connect(ws, additional_headers=authorized(OTHER_KEY)) as socket:
+        assert '"session.created"' in socket.recv(timeout=30)
+
+
+def test_over_capacity_requests_get_503_and_nothing_in_flight_is_lost(production_server):
+    url, _ = production_server
+    long_form = {"max_speech_seconds": "20", "seed": "1", "response_format": "json"}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=url, headers=authorized(), timeout=120) as http:
+            running = [
+                asyncio.create_task(http.post("/v1/speech/continue", files=upload(), data=long_form))
+                for _ in range(MAX_IN_FLIGHT)
+            ]
+            deadline = time.monotonic() + 60
+            while "spiritserve_in_flight_requests 2.0" not in (await http.get("/metrics")).text:
+                assert time.monotonic() < deadline, "the long requests never got in flight"
+                await asyncio.sleep(0.05)
+            refused = await http.post("/v1/speech/continue", files=upload(), data=long_form)
+            return refused, await asyncio.gather(*running)
+
+    refused, completed = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "in flight" in refused.json()["error"]["message"]
+    for response in completed:  # the requests already in flight finished whole
+        assert response.status_code == 200 and response.json()["usage"]["generated_tokens"] == 500
+
+
+def test_requests_beyond_the_per_key_rate_get_429(production_server):
+    url, _ = production_server
+    statuses = []
+    with httpx.Client(base_url=url, headers=authorized(OTHER_KEY), timeout=30) as http:
+        for _ in range(RATE_PER_MINUTE + 5):
+            response = http.post("/v1/synthesize", json={"tokens": "[Hu1]", "predict_durations": False})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert int(response.headers["retry-after"]) >= 1
+                break
+    assert statuses[-1] == 429 and statuses.count(200) >= RATE_PER_MINUTE - 5  # the first ones passed
+
+
+def test_operator_metrics_are_exported(production_server):
+    url, _ = production_server
+    metrics = httpx.get(f"{url}/metrics").text
+    for series in (
+        "spiritserve_time_to_first_audio_seconds_bucket",
+        "spiritserve_real_time_factor_bucket",
+        'spiritserve_generated_tokens_total{modality="speech"}',
+        'spiritserve_queue_depth{stage="speech_tokenizer"}',
+        'spiritserve_queue_depth{stage="vocoder"}',
+        "spiritserve_in_flight_requests",
+        "spiritserve_batch_size_bucket",
+        "spiritserve_queue_wait_seconds_bucket",
+        "spiritserve_realtime_sessions",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_waiting",
+    ):
+        assert series in metrics, series
+    refused = [line for line in metrics.splitlines() if line.startswith("spiritserve_requests_total{")]
+    assert any('status="401"' in line for line in refused)  # refused before routing: route "unmatched"
+
+
+def test_sigterm_lets_a_long_generation_finish_then_exits_0(production_server):
+    url, process = production_server
+    form = {"max_speech_seconds": "40", "seed": "2", "response_format": "json"}  # 1000 tokens: several seconds
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=url, headers=authorized(), timeout=120) as http:
+            long_request = asyncio.create_task(http.post("/v1/speech/continue", files=upload(), data=form))
+            deadline = time.monotonic() + 60
+            while "spiritserve_in_flight_requests 1.0" not in (await http.get("/metrics")).text:
+                assert time.monotonic() < deadline, "the long request never got in flight"
+                await asyncio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            ready = await http.get("/readyz")
+            refused = await http.post("/v1/tokenize", files=upload())
+            return ready, refused, await long_request
+
+    ready, refused, finished = asyncio.run(scenario())
+    assert ready.status_code == 503 and ready.json()["draining"] is True
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+    assert finished.status_code == 200 and finished.json()["usage"]["generated_tokens"] == 1000
+    assert process.wait(timeout=60) == 0
