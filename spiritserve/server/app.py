@@ -19,10 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spiritserve import __version__
 from spiritserve.checkpoints import ensure_embedded_default, open_checkpoint, resolve_root
 from spiritserve.engine.engine import LanguageModelEngine
-from spiritserve.errors import OverloadedError, SpiritServeError, UnauthorizedError
+from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
 from spiritserve.server.admission import Admission, ApiKeys, RateLimiter, load_api_keys
 from spiritserve.server.auth import AccessMiddleware
+from spiritserve.server.error_messages import error_body, error_headers
 from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
 from spiritserve.server.realtime import router as realtime_router
@@ -95,12 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SpiritServeError)
     async def spiritserve_error(request: Request, exc: SpiritServeError) -> JSONResponse:
-        response = _error(exc.status_code, type(exc).__name__, str(exc))
-        if isinstance(exc, OverloadedError):
-            response.headers["Retry-After"] = str(exc.retry_after_s)
-        if isinstance(exc, UnauthorizedError):
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

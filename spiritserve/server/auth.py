@@ -5,13 +5,13 @@ Retry-After); a refused websocket is closed before it is accepted with code 1008
 which clients see as HTTP 403.
 """
 
-import json
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from spiritserve.errors import OverloadedError, SpiritServeError
+from spiritserve.errors import SpiritServeError
 from spiritserve.server.admission import ApiKeys, RateLimiter, presented_key
+from spiritserve.server.error_messages import error_messages
 
 POLICY_VIOLATION = 1008
 
@@ -36,17 +36,7 @@ class AccessMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": str(exc)})
                 return
-            await _send_error(send, exc)
+            for message in error_messages(exc):
+                await send(message)
             return
         await self.app(scope, receive, send)
-
-
-async def _send_error(send: Send, exc: SpiritServeError) -> None:
-    body = json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if isinstance(exc, OverloadedError):
-        headers.append((b"retry-after", str(exc.retry_after_s).encode()))
-    if exc.status_code == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

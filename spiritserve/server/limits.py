@@ -5,9 +5,10 @@ the route would come after a huge upload was already stored. This ASGI middlewar
 Content-Length header, and stops reading a body without one once it passes the limit.
 """
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spiritserve.errors import AudioTooLongError
+from spiritserve.server.error_messages import error_messages
 
 
 class BodyTooLarge(Exception):
@@ -15,15 +16,7 @@ class BodyTooLarge(Exception):
 
 
 def _too_large_response(limit: int) -> tuple[Message, Message]:
-    body = json.dumps(
-        {"error": {"type": "AudioTooLongError", "message": f"the request body exceeds the limit of {limit} bytes"}}
-    ).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }
-    return start, {"type": "http.response.body", "body": body}
+    return error_messages(AudioTooLongError(f"the request body exceeds the limit of {limit} bytes"))
 
 
 class BodySizeLimitMiddleware:
