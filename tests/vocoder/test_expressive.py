@@ -28,18 +28,6 @@ def bundle(tmp_path_factory) -> Path:
     return vocoder_dir
 
 
-@pytest.fixture(scope="module")
-def vocoder(bundle) -> UnitVocoder:
-    return UnitVocoder.from_dir(bundle)
-
-
-@pytest.fixture
-def bundle_copy(bundle, tmp_path) -> Path:
-    target = tmp_path / "vocoder"
-    shutil.copytree(bundle, target)
-    return target
-
-
 def test_official_files_and_properties(bundle, vocoder):
     assert sorted(path.name for path in bundle.iterdir()) == ["config.json", "generator.pt", "speakers.txt"]
     config = json.loads((bundle / "config.json").read_text())

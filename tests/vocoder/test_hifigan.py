@@ -1,7 +1,6 @@
 """The unit vocoder on a tiny bundle written in the official layout (config.json, generator.pt, *.txt)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +19,6 @@ def bundle(tmp_path_factory) -> Path:
     vocoder_dir = tmp_path_factory.mktemp("hifigan_spiritlm_base")
     write_tiny_base_vocoder(vocoder_dir, seed=0)
     return vocoder_dir
-
-
-@pytest.fixture(scope="module")
-def vocoder(bundle) -> UnitVocoder:
-    return UnitVocoder.from_dir(bundle)
-
-
-@pytest.fixture
-def bundle_copy(bundle, tmp_path) -> Path:
-    target = tmp_path / "vocoder"
-    shutil.copytree(bundle, target)
-    return target
 
 
 def test_official_files_and_properties(bundle, vocoder):
