@@ -86,6 +86,11 @@ def encode_pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
 
 
+def decode_pcm16(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit samples → float32 in [-1, 1) (the inverse of `encode_pcm16`)."""
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
+
+
 def streaming_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
     """A 44-byte PCM16 mono WAV header for a stream of unknown length (sizes 0xFFFFFFFF: 'until EOF',
     which ffmpeg, browsers and soundfile accept)."""

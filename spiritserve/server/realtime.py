@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import SamplingOptions, SpiritPipeline
-from spiritserve.server.audio_io import SAMPLE_RATE, encode_pcm16
+from spiritserve.server.audio_io import SAMPLE_RATE, decode_pcm16, encode_pcm16
 from spiritserve.server.realtime_protocol import (
     CLIENT_EVENTS,
     OUTPUT_SAMPLE_RATE,
@@ -181,7 +181,7 @@ class RealtimeSession:
         self.buffer.extend(chunk)
         if self.vad is None:
             return
-        for change in self.vad.push(np.frombuffer(chunk, dtype="<i2").astype(np.float32) / 32768):
+        for change in self.vad.push(decode_pcm16(chunk)):
             await self.send({"type": f"input_audio_buffer.{change}"})
             if change == "speech_started":
                 await self._cancel_response()  # barge-in
@@ -193,7 +193,7 @@ class RealtimeSession:
             await self.send(error_event("input_audio_buffer_commit_empty", "the input buffer is empty", event_id))
             return
         await self._cancel_response()  # a new user turn interrupts the model
-        samples = np.frombuffer(bytes(self.buffer), dtype="<i2").astype(np.float32) / 32768
+        samples = decode_pcm16(bytes(self.buffer))
         self.buffer.clear()
         if self.config.input_sample_rate != SAMPLE_RATE:
             samples = soxr.resample(samples, self.config.input_sample_rate, SAMPLE_RATE).astype(np.float32)
@@ -265,8 +265,10 @@ class RealtimeSession:
             await self.send(error_event("server_error", "the response failed inside the server"))
         finally:
             self.admission.realtime_responses -= 1
+        # Speech: one "[" per unit token. Text: re-encoded (SentencePiece round-trips what it decoded), less BOS.
+        output_tokens = generated.count("[") if speech else len(self.pipeline.tokenizer.encode_prompt(generated)) - 1
         metrics = self.websocket.app.state.metrics
-        metrics.generated_tokens.labels(self.config.output_modality).inc(generated.count("[") if speech else 0)
+        metrics.generated_tokens.labels(self.config.output_modality).inc(output_tokens)
         if speech:
             metrics.observe_speech("/v1/realtime", first_delta_s, time.perf_counter() - started,
                                    audio_samples / OUTPUT_SAMPLE_RATE)  # fmt: skip
@@ -275,9 +277,7 @@ class RealtimeSession:
             self.context.append(PromptSegment(modality, generated))
         usage = {
             "input_tokens": prompt_tokens,
-            "output_tokens": generated.count("[")
-            if speech
-            else len(self.pipeline.tokenizer.encode_prompt(generated)) - 1,
+            "output_tokens": output_tokens,
             "output_audio_seconds": audio_samples / OUTPUT_SAMPLE_RATE,
         }
         timings = {"first_delta_s": first_delta_s, "total_s": time.perf_counter() - started}

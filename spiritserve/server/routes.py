@@ -109,19 +109,18 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def read_audio_upload(upload: UploadFile, settings: Settings) -> bytes:
-    content_type = (upload.content_type or "").lower()
-    if content_type and not content_type.startswith(_AUDIO_CONTENT_TYPES):
-        raise UnsupportedMediaTypeError(f"the 'audio' part has content type {content_type!r}; send an audio file")
-    data = await upload.read(settings.max_upload_bytes + 1)
+async def decode_audio_bytes(data: bytes, settings: Settings):
+    """Uploaded or base64 audio → 16 kHz mono, within the byte and duration limits (off the event loop)."""
     if len(data) > settings.max_upload_bytes:
-        raise AudioTooLongError(f"the upload exceeds the limit of {settings.max_upload_bytes} bytes")
-    return data
+        raise AudioTooLongError(f"the audio exceeds the limit of {settings.max_upload_bytes} bytes")
+    return await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds)
 
 
 async def decode_upload(upload: UploadFile, settings: Settings):
-    data = await read_audio_upload(upload, settings)
-    return await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds)
+    content_type = (upload.content_type or "").lower()
+    if content_type and not content_type.startswith(_AUDIO_CONTENT_TYPES):
+        raise UnsupportedMediaTypeError(f"the 'audio' part has content type {content_type!r}; send an audio file")
+    return await decode_audio_bytes(await upload.read(settings.max_upload_bytes + 1), settings)
 
 
 def _sampling_options(fields: SamplingFields) -> SamplingOptions:
@@ -268,11 +267,7 @@ async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) 
         data = base64.b64decode(item.audio_base64, validate=True)
     except binascii.Error as exc:
         raise BadAudioError(f"'audio_base64' is not valid base64: {exc}") from exc
-    if len(data) > settings.max_upload_bytes:
-        raise AudioTooLongError(f"the audio exceeds the limit of {settings.max_upload_bytes} bytes")
-    return GenerationInput(
-        Modality.SPEECH, audio=await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds)
-    )
+    return GenerationInput(Modality.SPEECH, audio=await decode_audio_bytes(data, settings))
 
 
 @router.post("/v1/generate", dependencies=[Json, Slot], response_model=GenerationResponse)
