@@ -213,9 +213,9 @@ def _build_vocoder_model(device: str) -> Any:
     import torch
 
     from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
+    from spiritserve.weights import fold_weight_norm
 
-    model = CodeHiFiGAN(HifiGanConfig.from_dict(HIFIGAN_CFG, source=Path("<bench>")))
-    model.remove_weight_norm()  # as UnitVocoder.from_dir does after loading
+    model = fold_weight_norm(CodeHiFiGAN(HifiGanConfig.from_dict(HIFIGAN_CFG, source=Path("<bench>"))))
     return model.eval().to(torch.device(device))
 
 

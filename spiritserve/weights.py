@@ -5,11 +5,13 @@ checks, so a wrong checkpoint fails with the file and the offending keys named i
 silently random weights (the reference loads HuBERT with ``strict=False``).
 """
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from spiritserve.errors import CheckpointError
 
@@ -65,3 +67,23 @@ def reject_unknown_keys(config: dict[str, Any], known: set[str], source: Path) -
     unknown = sorted(set(config) - known)
     if unknown:
         raise CheckpointError(f"{source}: unknown config keys {unknown}")
+
+
+def legacy_weight_norm(module: nn.Module, dim: int = 0) -> nn.Module:
+    """Weight norm under torch's legacy API, whose state-dict names are the ``weight_g``/``weight_v`` pair that
+    fairseq, HiFi-GAN and torchfcpe checkpoints store (the parametrization API names them differently)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.utils.weight_norm(module, dim=dim)
+
+
+def fold_weight_norm(model: nn.Module) -> nn.Module:
+    """Replace every weight-norm pair (legacy hook or parametrization) by the plain weight it stands for; call
+    after loading. Otherwise the norm is recomputed on every forward: ~18 ms per call for HuBERT's 768×48×128
+    positional conv on two CPU cores, a quarter of a 0.25 s utterance's encode."""
+    for module in model.modules():
+        if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            nn.utils.remove_weight_norm(module)
+        elif parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model

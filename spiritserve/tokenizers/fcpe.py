@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spiritserve.errors import BadAudioError, CheckpointError
-from spiritserve.weights import load_state_dict_strict, read_checkpoint, reject_unknown_keys, require_keys
+from spiritserve.weights import (
+    fold_weight_norm,
+    legacy_weight_norm,
+    load_state_dict_strict,
+    read_checkpoint,
+    reject_unknown_keys,
+    require_keys,
+)
 
 BUNDLED_ASSET = ("assets", "fcpe_c_v001.pt")  # inside the installed torchfcpe package
 SAMPLE_RATE = 16_000
@@ -246,19 +253,6 @@ class Encoder(nn.Module):
         return x
 
 
-class WeightNormLinear(nn.Module):
-    """Linear stored as torch's old ``weight_norm`` pair (dim 0): weight = g * v / ||v|| per output row."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.weight_v = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
-        self.weight_g = nn.Parameter(self.weight_v.detach().norm(dim=1, keepdim=True))  # (out, 1)
-        self.bias = nn.Parameter(torch.zeros(out_features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight_v * (self.weight_g / self.weight_v.norm(dim=1, keepdim=True)), self.bias)
-
-
 class FCPE(nn.Module):
     """Log-mel (B, T, num_mels) at 100 Hz -> per-bin pitch activations (B, T, out_dims) in 0..1."""
 
@@ -272,7 +266,7 @@ class FCPE(nn.Module):
         )  # fmt: skip
         self.net = Encoder(hidden, config.n_layers)
         self.norm = nn.LayerNorm(hidden)
-        self.output_proj = WeightNormLinear(hidden, config.out_dims)
+        self.output_proj = legacy_weight_norm(nn.Linear(hidden, config.out_dims))  # torchfcpe's weight_g/weight_v
         # Bin centres in cents above 10 Hz, evenly spaced from f0_min to f0_max; the asset stores them.
         cents = 1200.0 * torch.log2(torch.tensor([config.f0_min, config.f0_max]) / 10.0)
         self.register_buffer("cent_table", torch.linspace(cents[0].item(), cents[1].item(), config.out_dims))
@@ -330,7 +324,7 @@ class F0Extractor:
     """
 
     def __init__(self, model: FCPE, device: str = "cpu"):
-        self.model = model.to(device=device, dtype=torch.float32).eval()
+        self.model = fold_weight_norm(model).to(device=device, dtype=torch.float32).eval()
         self.mel = LogMelSpectrogram(model.config).to(device)
         self._device = torch.device(device)
 

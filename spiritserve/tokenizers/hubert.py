@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spiritserve.errors import CheckpointError
-from spiritserve.weights import reject_unknown_keys
+from spiritserve.weights import legacy_weight_norm, reject_unknown_keys
 
 # Every field of fairseq's HubertConfig (plus the ``_name`` its dataclasses carry), in any fairseq version
 # we know of. Those not read by ``HubertConfig.from_model_cfg`` only matter for training (dropout, masking,
@@ -199,23 +199,6 @@ class ConvFeatureExtractor(nn.Module):
         return out
 
 
-class WeightNormConv1d(nn.Module):
-    """Grouped Conv1d stored as torch's old ``weight_norm(dim=2)`` pair: weight = g * v / ||v||, the norm taken
-    over every dim but the kernel position, so the file's ``weight_g``/``weight_v`` load as they are."""
-
-    def __init__(self, channels: int, kernel_size: int, groups: int):
-        super().__init__()
-        self.groups = groups
-        self.padding = kernel_size // 2
-        self.weight_v = nn.Parameter(torch.randn(channels, channels // groups, kernel_size) / math.sqrt(channels))
-        self.weight_g = nn.Parameter(self.weight_v.detach().norm(dim=(0, 1), keepdim=True))  # (1, 1, kernel)
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
-        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
-
-
 class SamePad(nn.Module):
     """Drop the extra last frame an even kernel with padding k // 2 produces, keeping the length unchanged."""
 
@@ -269,7 +252,12 @@ class TransformerEncoder(nn.Module):
         self.config = config
         dim = config.encoder_embed_dim
         self.pos_conv = nn.Sequential(
-            WeightNormConv1d(dim, config.conv_pos, config.conv_pos_groups), SamePad(config.conv_pos), nn.GELU()
+            # fairseq's weight_norm(dim=2): weight_g (1, 1, kernel), the norm over all dims but the kernel position
+            legacy_weight_norm(
+                nn.Conv1d(dim, dim, config.conv_pos, padding=config.conv_pos // 2, groups=config.conv_pos_groups), dim=2
+            ),
+            SamePad(config.conv_pos),
+            nn.GELU(),
         )
         self.layer_norm = nn.LayerNorm(dim)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))

@@ -21,7 +21,7 @@ from spiritserve.tokenizers.chunking import (
 )
 from spiritserve.tokenizers.hubert import PRETRAINING_ONLY_KEYS, HubertConfig, HubertModel
 from spiritserve.tokenizers.quantizer import LinearQuantizer, QuantizerConfig
-from spiritserve.weights import load_state_dict_strict, read_checkpoint, require_keys
+from spiritserve.weights import fold_weight_norm, load_state_dict_strict, read_checkpoint, require_keys
 
 HUBERT_FILE = "mhubert_base_25hz.pt"
 QUANTIZER_FILE = "L11_quantizer_500.pt"
@@ -39,7 +39,7 @@ class PhoneticTokenizer:
         device: str = "cpu",
         max_batch_samples: int = MAX_CHUNK_SAMPLES,
     ):
-        self.hubert = hubert.to(device=device, dtype=torch.float32).eval()
+        self.hubert = fold_weight_norm(hubert).to(device=device, dtype=torch.float32).eval()
         self.quantizer = quantizer.to(device=device, dtype=torch.float32).eval()
         self.normalize = normalize
         self.max_batch_samples = max_batch_samples  # padded samples per forward, bounds activation memory

@@ -23,7 +23,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model
 
 from spiritserve.errors import CheckpointError
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, SAMPLE_RATE, join_chunks, split_into_chunks
-from spiritserve.weights import load_state_dict_strict, read_checkpoint
+from spiritserve.weights import fold_weight_norm, load_state_dict_strict, read_checkpoint
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference, as from_pretrained
@@ -162,7 +162,7 @@ class StyleTokenizer:
     """wav2vec2 style encoder in fp32 on one device. ``encode`` is synchronous; call it from a worker thread."""
 
     def __init__(self, model: StyleModel, device: str = "cpu", max_batch_samples: int = MAX_CHUNK_SAMPLES):
-        self.model = model.to(device=device, dtype=torch.float32).eval()
+        self.model = fold_weight_norm(model).to(device=device, dtype=torch.float32).eval()
         self.max_batch_samples = max_batch_samples  # samples per forward, bounds activation memory
         self._device = torch.device(device)
 

@@ -19,7 +19,7 @@ import torch
 
 from spiritserve.errors import CheckpointError
 from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig, repeat_to_length
-from spiritserve.weights import load_state_dict_strict, read_checkpoint, require_keys
+from spiritserve.weights import fold_weight_norm, load_state_dict_strict, read_checkpoint, require_keys
 
 SAMPLE_RATE = 16000
 HOP = 640  # samples per 25 Hz HuBERT frame at 16 kHz
@@ -85,7 +85,7 @@ class UnitVocoder:
         require_keys(checkpoint, ["generator"], checkpoint_path)
         model = CodeHiFiGAN(config)
         load_state_dict_strict(model, checkpoint["generator"], checkpoint_path)
-        model.remove_weight_norm()
+        fold_weight_norm(model)
         device = torch.device(device)
         return cls(model.eval().to(device), speakers, styles, device)
 

@@ -6,13 +6,12 @@ blocks, as used by both Spirit LM vocoders (compat doc §9.2). Parameter names a
 ``resblocks.{j}.convs1.{k}``, ``conv_post``), so the official ``generator.pt`` loads strictly with no mapping.
 
 Weight norm: the model is built with HiFi-GAN's weight norm, so its state dict has the file's
-``*.weight_g`` / ``*.weight_v`` keys and loads strictly; ``remove_weight_norm()`` then folds each pair into
-a plain ``weight`` for inference, exactly as the reference does after loading.
+``*.weight_g`` / ``*.weight_v`` keys and loads strictly; ``weights.fold_weight_norm`` then folds each pair
+into a plain ``weight`` for inference, exactly as the reference does after loading.
 """
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spiritserve.errors import CheckpointError
-from spiritserve.weights import reject_unknown_keys
+from spiritserve.weights import legacy_weight_norm, reject_unknown_keys
 
 LRELU_SLOPE = 0.1
 
@@ -174,13 +173,6 @@ class HifiGanConfig:
             raise CheckpointError(f"{source}: inconsistent vocoder config: " + "; ".join(problems))
 
 
-def _weight_norm(module: nn.Module) -> nn.Module:
-    """HiFi-GAN's weight norm; the legacy API is the one whose state-dict names are ``weight_g``/``weight_v``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return nn.utils.weight_norm(module)
-
-
 def _same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size - 1) * dilation // 2
 
@@ -215,11 +207,13 @@ class ResBlock1(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
         super().__init__()
         self.convs1 = nn.ModuleList(
-            _weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=_same_padding(kernel_size, d)))
+            legacy_weight_norm(
+                nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=_same_padding(kernel_size, d))
+            )
             for d in dilations
         )
         self.convs2 = nn.ModuleList(
-            _weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=_same_padding(kernel_size)))
+            legacy_weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=_same_padding(kernel_size)))
             for _ in dilations
         )
 
@@ -273,22 +267,22 @@ class CodeHiFiGAN(nn.Module):
 
         # HiFi-GAN V1 generator: each stage halves the channels and multiplies the length by its rate.
         channels = config.upsample_initial_channel
-        self.conv_pre = _weight_norm(nn.Conv1d(config.model_in_dim, channels, 7, padding=3))
+        self.conv_pre = legacy_weight_norm(nn.Conv1d(config.model_in_dim, channels, 7, padding=3))
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
         for rate, kernel in zip(config.upsample_rates, config.upsample_kernel_sizes):
             up = nn.ConvTranspose1d(channels, channels // 2, kernel, rate, padding=(kernel - rate) // 2)
-            self.ups.append(_weight_norm(up))
+            self.ups.append(legacy_weight_norm(up))
             channels //= 2
             for block_kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
                 self.resblocks.append(ResBlock1(channels, block_kernel, dilations))
-        self.conv_post = _weight_norm(nn.Conv1d(channels, 1, 7, padding=3))
+        self.conv_post = legacy_weight_norm(nn.Conv1d(channels, 1, 7, padding=3))
 
-    def remove_weight_norm(self) -> None:
+    def removelegacy_weight_norm(self) -> None:
         """Fold every ``weight_g``/``weight_v`` pair into a plain ``weight`` (call after loading)."""
         for module in self.modules():
             if hasattr(module, "weight_g"):
-                nn.utils.remove_weight_norm(module)
+                nn.utils.removelegacy_weight_norm(module)
 
     def predict_durations(self, codes: torch.LongTensor) -> torch.LongTensor:
         """(B, T) unit ids → (B, T) frames per unit, each >= 1."""

@@ -9,7 +9,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from spiritserve.errors import BadAudioError, CheckpointError
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
-from spiritserve.tokenizers.hubert import HubertConfig, HubertModel, WeightNormConv1d
+from spiritserve.tokenizers.hubert import HubertConfig, HubertModel
 from spiritserve.tokenizers.phonetic import (
     HUBERT_FILE,
     QUANTIZER_FILE,
@@ -17,6 +17,7 @@ from spiritserve.tokenizers.phonetic import (
     write_tiny_phonetic_tokenizer,
 )
 from spiritserve.tokenizers.quantizer import LinearQuantizer, QuantizerConfig, units_from_logits
+from spiritserve.weights import fold_weight_norm, legacy_weight_norm
 
 OFFICIAL_CONV = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 3"
 SOURCE = Path("model.pt")
@@ -197,9 +198,9 @@ def test_quantizer_cfg_is_closed() -> None:
         QuantizerConfig.from_model_cfg({"vocab_size": 500, "dim": 768, "upstream_dim": 768, "codebooks": 2}, SOURCE)
 
 
-def test_pos_conv_weight_norm_matches_torch_weight_norm_dim_2() -> None:
+def test_pos_conv_weight_norm_matches_torch_weight_norm_dim_2_and_folds_to_the_same_conv() -> None:
     reference = weight_norm(torch.nn.Conv1d(8, 8, kernel_size=4, padding=2, groups=2), dim=2)
-    ours = WeightNormConv1d(8, kernel_size=4, groups=2)
+    ours = legacy_weight_norm(torch.nn.Conv1d(8, 8, kernel_size=4, padding=2, groups=2), dim=2)
     original = reference.parametrizations.weight
     assert tuple(original.original0.shape) == tuple(ours.weight_g.shape) == (1, 1, 4)  # fairseq's weight_g shape
     with torch.no_grad():
@@ -208,4 +209,8 @@ def test_pos_conv_weight_norm_matches_torch_weight_norm_dim_2() -> None:
         ours.weight_v.copy_(original.original1)
         ours.bias.copy_(reference.bias)
         x = torch.randn(2, 8, 10)
+        torch.testing.assert_close(ours(x), reference(x))
+        fold_weight_norm(ours)
+        fold_weight_norm(reference)
+        assert not hasattr(ours, "weight_g") and "parametrizations" not in dict(reference.named_children())
         torch.testing.assert_close(ours(x), reference(x))
