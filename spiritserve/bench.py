@@ -9,7 +9,9 @@ Each stage is timed through the entry point the server calls:
 - ``style``: ``StyleTokenizer.encode`` (wav2vec2-base + projector + 100-class classifier), equal lengths batched;
 - ``hifigan``: ``decode_batch`` (base 25 Hz vocoder; receptive-field windows of all requests share forwards,
   as the server's vocoder micro-batches do); durations fixed at 1 (raw 25 Hz units, as in resynthesis), so
-  ``seconds`` of units give exactly ``seconds`` of audio.
+  ``seconds`` of units give exactly ``seconds`` of audio;
+- ``hifigan_stream``: the streaming vocoder as streamed responses use it (``StreamingDecoder`` per stream,
+  chunks of concurrent streams through ``vocode_streams``); batch = concurrent streams, out of phase.
 
 For each stage and batch size: one warm-up call, then ``repeats`` timed calls on ``batch`` inputs of ``seconds``
 each (CUDA synchronised). Reported: median latency per batch, audio seconds processed per wall second
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
 UNIT_RATE = 25  # HuBERT units per second; the vocoder's input rate
 SPEEDUP_BATCH = 16  # speedup_vs_sequential = xRT(SPEEDUP_BATCH) / xRT(1)
-DEFAULT_COMPONENTS = ("hubert", "pitch", "style", "hifigan")
+DEFAULT_COMPONENTS = ("hubert", "pitch", "style", "hifigan", "hifigan_stream")
 DEFAULTS = {"batch_sizes": (1, 4, 16, 64), "seconds": 2.0, "repeats": 3}
 QUICK = {"batch_sizes": (1, 2), "seconds": 0.5, "repeats": 1}
 JSON_NAME = "bench-components.json"
@@ -209,14 +211,19 @@ def build_style(device: str, seconds: float, seed: int) -> Component:
     )
 
 
-def _build_vocoder_model(device: str) -> Any:
+def _build_vocoder(device: str) -> Any:
+    """The base 25 Hz vocoder at official size, weight norm folded as ``UnitVocoder.from_dir`` does."""
     import torch
 
+    from spiritserve.vocoder.base import UnitVocoder
     from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
     from spiritserve.weights import fold_weight_norm
 
     model = fold_weight_norm(CodeHiFiGAN(HifiGanConfig.from_dict(HIFIGAN_CFG, source=Path("<bench>"))))
-    return model.eval().to(torch.device(device))
+    model = model.eval().to(torch.device(device))
+    speakers = [f"speaker{index}" for index in range(HIFIGAN_CFG["num_speakers"])]
+    styles = [f"style{index}" for index in range(HIFIGAN_CFG["num_styles"])]
+    return UnitVocoder(model, speakers, styles, model.conv_pre.weight.device)
 
 
 def _random_units(batch: int, seconds: float, seed: int) -> list[list[int]]:
@@ -228,13 +235,9 @@ def _random_units(batch: int, seconds: float, seed: int) -> list[list[int]]:
 
 
 def build_hifigan(device: str, seconds: float, seed: int) -> Component:
-    from spiritserve.vocoder.base import UnitVocoder
     from spiritserve.vocoder.batched import VocodeRequest, decode_batch
 
-    model = _build_vocoder_model(device)
-    speakers = [f"speaker{index}" for index in range(HIFIGAN_CFG["num_speakers"])]
-    styles = [f"style{index}" for index in range(HIFIGAN_CFG["num_styles"])]
-    vocoder = UnitVocoder(model, speakers, styles, model.conv_pre.weight.device)
+    vocoder = _build_vocoder(device)
 
     def run(unit_lists: list[list[int]]) -> list[Any]:
         requests = [VocodeRequest(units, VOCODER_SPEAKER, predict_durations=False) for units in unit_lists]
@@ -246,7 +249,44 @@ def build_hifigan(device: str, seconds: float, seed: int) -> Component:
         batched=True,
         notes="receptive-field windows of every sequence batched together (equal to one-by-one decoding). "
         "Durations fixed at 1 (predict_durations=False), so seconds x 25 units give exactly seconds of audio.",
-        parameters={"generator": _count(model)},
+        parameters={"generator": _count(vocoder.model)},
+        config=HIFIGAN_CFG,
+        make_inputs=lambda batch: _random_units(batch, seconds, seed),
+        run=run,
+    )
+
+
+def build_hifigan_stream(device: str, seconds: float, seed: int) -> Component:
+    from spiritserve.vocoder.streaming import DEFAULT_CHUNK_UNITS, StreamingDecoder, vocode_streams
+
+    vocoder = _build_vocoder(device)
+
+    def run(unit_lists: list[list[int]]) -> list[list[Any]]:
+        """Every stream gets one unit per step (an engine step of concurrent requests); stream i starts
+        i/batch of a chunk later than stream 0, as independent arrivals would, so chunks fall due out of
+        phase. Each step, the streams with a chunk due share one ``vocode_streams`` call."""
+        decoders = [StreamingDecoder(vocoder, VOCODER_SPEAKER, predict_durations=False) for _ in unit_lists]
+        offsets = [index * DEFAULT_CHUNK_UNITS // len(unit_lists) for index in range(len(unit_lists))]
+        audio: list[list[Any]] = [[] for _ in unit_lists]
+        for step in range(max(offsets) + max(map(len, unit_lists)) + 1):
+            due = []
+            for index, (decoder, units, offset) in enumerate(zip(decoders, unit_lists, offsets, strict=True)):
+                position = step - offset
+                if 0 <= position <= len(units) and not decoder.finished:
+                    decoder.feed(units[position : position + 1], final=position == len(units))
+                    if decoder.ready:
+                        due.append(index)
+            for index, chunk in zip(due, vocode_streams([decoders[index] for index in due]), strict=True):
+                audio[index].append(chunk)
+        return audio
+
+    return Component(
+        name="hifigan_stream",
+        entry_point="StreamingDecoder.feed + vocode_streams",
+        batched=True,
+        notes=f"batch = concurrent streams fed one unit per step, starts staggered over one {DEFAULT_CHUNK_UNITS}-"
+        "unit chunk; chunks due in the same step share forwards (narrower windows padded). Durations fixed at 1.",
+        parameters={"generator": _count(vocoder.model)},
         config=HIFIGAN_CFG,
         make_inputs=lambda batch: _random_units(batch, seconds, seed),
         run=run,
@@ -258,6 +298,7 @@ BUILDERS: dict[str, Callable[[str, float, int], Component]] = {
     "pitch": build_pitch,
     "style": build_style,
     "hifigan": build_hifigan,
+    "hifigan_stream": build_hifigan_stream,
 }
 
 

@@ -34,7 +34,7 @@ from spiritserve.tokens import (
 )
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
 from spiritserve.vocoder.batched import VocodeRequest, decode_batch
-from spiritserve.vocoder.streaming import StreamingDecoder
+from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,12 @@ class SpiritPipeline:
         )
         self._tokenize_batcher = MicroBatcher("speech_tokenizer", speech_tokenizer.encode, **batching)
         self._vocode_batcher = MicroBatcher("vocoder", partial(decode_batch, vocoder), **batching)
+        # Streamed responses: the chunks due at the same moment in concurrent streams share generator forwards.
+        # No queue cap: these streams were admitted already, and refusing a chunk would cut a response short.
+        self._stream_vocode_batcher = MicroBatcher(
+            "streaming_vocoder", vocode_streams, **{**batching, "max_queue": None}
+        )
+        self._batchers = (self._tokenize_batcher, self._vocode_batcher, self._stream_vocode_batcher)
 
     @property
     def is_expressive(self) -> bool:
@@ -152,7 +158,7 @@ class SpiritPipeline:
 
     def queue_depths(self) -> dict[str, int]:
         """Items waiting per speech stage (for metrics and autoscaling)."""
-        return {batcher.stage: batcher.queue_depth for batcher in (self._tokenize_batcher, self._vocode_batcher)}
+        return {batcher.stage: batcher.queue_depth for batcher in self._batchers}
 
     async def tokenize(self, audio: np.ndarray) -> SpeechUnits:
         """16 kHz mono audio → raw units of every stream the variant uses."""
@@ -307,8 +313,8 @@ class SpiritPipeline:
         """Speech output as it is generated: token deltas → aligned frames → streaming vocoder → audio chunks.
 
         The vocoder runs on the speech-worker thread, chunk by chunk (a small first chunk, then larger), so
-        the first audio leaves after about ten units, not after the whole generation. Abandoning the
-        iterator (client gone) aborts the engine request.
+        the first audio leaves after about ten units, not after the whole generation; chunks of concurrent
+        streams go through one micro-batcher. Abandoning the iterator (client gone) aborts the engine request.
         """
         speaker = self.vocoder.default_speaker if options.speaker is None else options.speaker
         try:  # checks speaker and style now, while the caller can still answer with a 4xx
@@ -324,11 +330,11 @@ class SpiritPipeline:
         loop = asyncio.get_running_loop()
 
         async def vocode(frames: AlignedUnits, final: bool = False) -> np.ndarray:
-            def run() -> np.ndarray:
-                audio = decoder.push(frames.hubert, frames.pitch or None, frames.style or None)
-                return np.concatenate([audio, decoder.finish()]) if final else audio
-
-            return await loop.run_in_executor(self._speech_worker, run)
+            feed = partial(decoder.feed, frames.hubert, frames.pitch or None, frames.style or None, final=final)
+            await loop.run_in_executor(self._speech_worker, feed)  # durations: cheap, no generator forward
+            if not decoder.ready:
+                return np.zeros(0, dtype=np.float32)
+            return await self._stream_vocode_batcher.submit(decoder)
 
         async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
             tokens = "".join(self.tokenizer.pieces(delta.token_ids))
@@ -360,6 +366,6 @@ class SpiritPipeline:
         )
 
     async def close(self) -> None:
-        await self._tokenize_batcher.close()
-        await self._vocode_batcher.close()
+        for batcher in self._batchers:
+            await batcher.close()
         self._speech_worker.shutdown(wait=True, cancel_futures=True)

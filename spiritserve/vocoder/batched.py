@@ -4,8 +4,8 @@ Padding sequences of different lengths into one batch would change the last samp
 (HiFi-GAN's convolutions would read the padding). Instead every sequence's generator input is cut into
 windows of `window_frames` frames, each widened by the generator's receptive field on both sides (clipped
 at the sequence's real ends, where the offline decode sees the same zero padding). A window's centre is
-then exactly what the whole-sequence decode produces there, and windows of equal width — every interior
-window of every request — go through the generator as one batch.
+then exactly what the whole-sequence decode produces there, and the windows of every request share
+generator forwards (`windows.generate_windows`).
 """
 
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
-from spiritserve.vocoder.streaming import receptive_field_frames
+from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
 
 DEFAULT_WINDOW_FRAMES = 100  # 4 s of audio per window; the context on both sides is extra compute
 
@@ -31,15 +31,6 @@ class VocodeRequest:
     style_units: list[int] | None = None
 
 
-@dataclass(frozen=True)
-class _Window:
-    request: int
-    start: int  # first input frame given to the generator
-    stop: int  # one past the last input frame
-    keep_from: int  # output frames [keep_from, keep_to) of this window are kept (relative to start)
-    keep_to: int
-
-
 @torch.inference_mode()
 def decode_batch(
     vocoder: UnitVocoder, requests: list[VocodeRequest], window_frames: int = DEFAULT_WINDOW_FRAMES
@@ -52,26 +43,20 @@ def decode_batch(
         vocoder.frame_features(r.units, r.speaker, r.style, r.predict_durations, r.pitch, r.style_units)
         for r in requests
     ]
-    windows_by_width: dict[int, list[_Window]] = {}
+    windows: list[GeneratorWindow] = []
+    owners: list[int] = []  # the request of each window; a request's windows are in order
     for index, (features, _) in enumerate(prepared):
         frames = 0 if features is None else features.shape[1]
         for centre in range(0, frames, window_frames):
             start, stop = max(0, centre - left), min(frames, centre + window_frames + right)
-            window = _Window(index, start, stop, centre - start, min(centre + window_frames, frames) - start)
-            windows_by_width.setdefault(stop - start, []).append(window)
+            keep_to = min(centre + window_frames, frames)
+            windows.append(GeneratorWindow(features[:, start:stop], (centre - start) * hop, (keep_to - start) * hop))
+            owners.append(index)
 
-    pieces: dict[tuple[int, int], np.ndarray] = {}  # (request, start frame of kept audio) -> samples
-    for windows in windows_by_width.values():
-        inputs = torch.stack([prepared[w.request][0][:, w.start : w.stop] for w in windows])  # (B, C, width)
-        audio = vocoder.model.generate(inputs).float().cpu().numpy()  # (B, width × hop)
-        for window, samples in zip(windows, audio, strict=True):
-            pieces[(window.request, window.start + window.keep_from)] = samples[
-                window.keep_from * hop : window.keep_to * hop
-            ]
-
-    outputs = []
-    for index, (_, durations) in enumerate(prepared):
-        kept = [pieces[key] for key in sorted(key for key in pieces if key[0] == index)]
-        audio = np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
-        outputs.append(VocoderOutput(audio=audio, durations=durations))
-    return outputs
+    pieces: list[list[np.ndarray]] = [[] for _ in requests]
+    for owner, audio in zip(owners, generate_windows(vocoder.model, windows), strict=True):
+        pieces[owner].append(audio)
+    return [
+        VocoderOutput(audio=np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32), durations=durations)
+        for kept, (_, durations) in zip(pieces, prepared, strict=True)
+    ]

@@ -5,6 +5,10 @@ One ``StreamingDecoder`` per stream (request); it is synchronous and meant for t
 concatenation of everything returned equals ``UnitVocoder.decode`` of the same units (same speaker, style,
 pitch and style units) up to float rounding, and has exactly ``sum(durations) × hop`` samples.
 
+Many streams at once: ``push`` is ``feed`` (durations and generator input, cheap) then ``emit`` (the generator
+forward). ``vocode_streams`` does the ``emit`` of several streams with their windows sharing forwards
+(``windows.generate_windows``), equal to emitting each alone; the server's streaming micro-batcher calls it.
+
 Why the seams are exact
 -----------------------
 Two things look across unit boundaries; everything else (embeddings, duration expansion, the speaker and
@@ -18,24 +22,17 @@ style conditioning) is per frame, so the generator input of consecutive unit spa
     at the window's first position is wrong (zero padding instead of the real left neighbour), but conv2 of
     the first uncommitted unit reads only positions after it. So durations equal the offline ones.
 
-(b) The generator. ``receptive_field_frames`` walks the generator backwards from one output frame (``hop``
-    samples) to its input frames: conv_post (k7) adds 3 samples either side; each upsampling stage adds the
-    widest MRF block's reach (ResBlock1: Σ over its 3 pairs of (k-1)/2·d + (k-1)/2) at the stage's output
-    rate, then maps the interval through the transposed conv (output y reads inputs x with
-    y = x·u − (K−u)/2 + j, 0 ≤ j < K) to the stage's input rate; conv_pre (k7) adds 3 frames. An output frame
-    f depends only on input frames [f − left, f + right], and a window whose first layer reaches that far
-    never touches its own zero padding at any layer (the intervals only widen going down; the transposed-conv
-    mapping keeps an interval that is inside the window at the input inside it at the output). So:
+(b) The generator. An output frame f depends only on input frames [f − left, f + right]
+    (``windows.receptive_field_frames``), and a window whose first layer reaches that far never touches its
+    own zero padding at any layer. So:
     - every chunk is generated from ``left`` context frames before the first sample it emits, which makes its
       left edge exact (the true start, frame 0, pads exactly as offline does);
     - audio is emitted only up to ``lookahead_frames`` before the last frame whose duration is committed. With
       the default lookahead = ``right`` (the full receptive field) every emitted sample is exact; the last
       chunk, at ``finish``, ends at the true end and is exact too.
-    Receptive fields: the tiny test vocoders (rates 8·8·10, kernels 16·16·20, one k3 ResBlock1 with dilations
-    1·3·5) reach 6 frames either side (240 ms of audio), confirmed by perturbing single input frames; a
-    HiFi-GAN V1-style 25 Hz config (rates 5·4·4·4·2, kernels 11·8·8·8·4, ResBlocks k3/7/11 with dilations
-    1·3·5) reaches 20 frames. Left context only costs compute; the lookahead costs latency, so it can be
-    lowered (``lookahead_frames``), making the right edge of each chunk approximate.
+    The tiny test vocoders reach 6 frames either side (240 ms of audio), confirmed by perturbing single input
+    frames; the official-size 25 Hz config reaches 20. Left context only costs compute; the lookahead costs
+    latency, so it can be lowered (``lookahead_frames``), making the right edge of each chunk approximate.
 
 Seams. Each chunk holds back its last ``crossfade_samples`` (5 ms by default). The next chunk, generated with
 full left context, regenerates that stretch and overlap-adds it with a raised-cosine crossfade (the two fades
@@ -60,36 +57,13 @@ import numpy as np
 import torch
 
 from spiritserve.vocoder.base import UnitVocoder
-from spiritserve.vocoder.hifigan import HifiGanConfig
+from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
 
 # A unit's duration depends on this many units either side (two kernel-3 convs in the duration predictor).
 DURATION_CONTEXT_UNITS = 2
 DEFAULT_FIRST_CHUNK_UNITS = 10
 DEFAULT_CHUNK_UNITS = 25
 DEFAULT_CROSSFADE_SAMPLES = 80  # 5 ms at 16 kHz
-
-
-def receptive_field_frames(config: HifiGanConfig) -> tuple[int, int]:
-    """(left, right): input frames either side of frame f that the generator's output samples of frame f read.
-
-    Output frame f is samples [f·hop, (f+1)·hop); the interval is walked back through conv_post (k7), each
-    stage's MRF blocks and transposed conv, and conv_pre (k7). Exact, not a bound: the frames at ±(left, right)
-    do reach the output (for generic weights).
-    """
-    if config.resblock != "1":
-        raise ValueError(f"receptive field is only worked out for ResBlock1, not resblock {config.resblock!r}")
-    low, high = -3, config.code_hop_size - 1 + 3  # conv_post k7, at the output rate
-    reach = max(
-        sum((kernel - 1) // 2 * dilation + (kernel - 1) // 2 for dilation in dilations)
-        for kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
-    )  # widest MRF block: 3 × (dilated conv, plain conv)
-    for rate, kernel in reversed(list(zip(config.upsample_rates, config.upsample_kernel_sizes))):
-        low, high = low - reach, high + reach
-        padding = (kernel - rate) // 2
-        low = -(-(low + padding - kernel + 1) // rate)  # ceil: first input x with x·u − p + K − 1 ≥ low
-        high = (high + padding) // rate  # floor: last input x with x·u − p ≤ high
-    low, high = low - 3, high + 3  # conv_pre k7, at the frame rate
-    return -low, high
 
 
 def _raised_cosine(length: int) -> np.ndarray:
@@ -165,6 +139,7 @@ class StreamingDecoder:
         self._tail = np.zeros(0, dtype=np.float32)  # held last crossfade_samples of the last chunk
         self._samples_emitted = 0
         self._chunks = 0
+        self._closing = False  # the last units are in: the next emit flushes everything
         self._finished = False
 
     @property
@@ -186,24 +161,101 @@ class StreamingDecoder:
     ) -> np.ndarray:
         """Add units (with their aligned pitch and style units on the expressive vocoder); return the audio
         that became final, float32 mono at the vocoder's rate, possibly empty."""
-        if self._finished:
-            raise RuntimeError("push after finish: this stream is closed")
-        self._append(units, pitch, style_units)
-        self._commit(final=False)
-        ready = sum(end <= self._frames_committed - self.lookahead_frames for end in self._unemitted_unit_ends)
-        if ready < (self.first_chunk_units if self._chunks == 0 else self.chunk_units):
-            return np.zeros(0, dtype=np.float32)
-        return self._emit(self._frames_committed - self.lookahead_frames)
+        self.feed(units, pitch, style_units)
+        return self.emit()
 
     @torch.inference_mode()
     def finish(self) -> np.ndarray:
         """Commit the remaining durations and return the rest of the audio; the stream is closed after."""
         if self._finished:
             raise RuntimeError("finish called twice: this stream is closed")
-        self._commit(final=True)
-        audio = self._emit(self._frames_committed, final=True)
-        self._finished = True
-        return audio
+        self.feed([], final=True)
+        return self.emit()
+
+    @torch.inference_mode()
+    def feed(
+        self,
+        units: list[int],
+        pitch: list[int] | None = None,
+        style_units: list[int] | None = None,
+        *,
+        final: bool = False,
+    ) -> None:
+        """Add units and commit the durations that can no longer change (``final``: these are the last units,
+        commit all). Generates no audio: ``emit`` or ``vocode_streams`` does. Invalid units raise ValueError
+        and leave the stream as it was."""
+        if self._closing:
+            raise RuntimeError("push after finish: this stream is closed")
+        if units or pitch or style_units:
+            self._append(units, pitch, style_units)
+        self._commit(final)
+        self._closing = final
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``emit`` has audio to give: a chunk's worth of exact units, or the end of the stream."""
+        if self._finished:
+            return False
+        if self._closing:
+            return True
+        end_frame = self._end_frame()
+        ready = sum(end <= end_frame for end in self._unemitted_unit_ends)
+        return ready >= (self.first_chunk_units if self._chunks == 0 else self.chunk_units)
+
+    @torch.inference_mode()
+    def emit(self) -> np.ndarray:
+        """The audio that is ready (empty when not ``ready``), generated on its own."""
+        return vocode_streams([self])[0]
+
+    def next_window(self) -> GeneratorWindow | None:
+        """What the generator must run for the next chunk (None: nothing new to generate). No state changes, so
+        a failed forward can be retried."""
+        end_frame = self._end_frame()
+        if end_frame <= self._chunk_end:
+            return None
+        hop = self._hop
+        first_sample = self._chunk_end * hop - len(self._tail)  # the held tail is regenerated and crossfaded
+        window_start = max(0, first_sample // hop - self.left_context_frames)
+        assert window_start >= self._features_start, "generator input dropped too early"
+        features = self._features[:, window_start - self._features_start :]  # (model_in_dim, frames)
+        return GeneratorWindow(features, first_sample - window_start * hop, (end_frame - window_start) * hop)
+
+    def take(self, audio: np.ndarray | None) -> np.ndarray:
+        """Accept the kept audio of ``next_window()`` (None when it was None) and return what is now final:
+        crossfade the held tail in, hold the new tail back (unless this is the end), drop unneeded input."""
+        final = self._closing
+        if audio is None:  # nothing new was generated; at the end the held tail is final as it is
+            out = self._tail if final else np.zeros(0, dtype=np.float32)
+            self._tail = self._tail[len(out) :]
+            self._samples_emitted += len(out)
+            self._finished = final
+            return out
+        hop, end_frame = self._hop, self._end_frame()
+        audio = audio.copy()
+        if len(self._tail):
+            overlap = len(self._tail)
+            audio[:overlap] = self._tail * (1 - self._fade_in) + audio[:overlap] * self._fade_in
+        hold = 0 if final else self.crossfade_samples
+        self._tail = audio[len(audio) - hold :].copy()
+        out = audio[: len(audio) - hold]
+
+        self._chunk_end = end_frame
+        self._chunks += 1
+        self._samples_emitted += len(out)
+        self._unemitted_unit_ends = [end for end in self._unemitted_unit_ends if end > end_frame]
+        # drop generator input that no later window reaches back to
+        next_window_start = max(0, (end_frame * hop - hold) // hop - self.left_context_frames)
+        drop = next_window_start - self._features_start
+        if drop > 0:
+            self._features = self._features[:, drop:]
+            self._features_start = next_window_start
+        assert self._samples_emitted + len(self._tail) == self._chunk_end * hop, "streamed length drifted"
+        self._finished = final
+        return out
+
+    def _end_frame(self) -> int:
+        """The frame the next chunk ends at: all committed frames at the end, else the lookahead before them."""
+        return self._frames_committed if self._closing else self._frames_committed - self.lookahead_frames
 
     def _append(self, units: list[int], pitch: list[int] | None, style_units: list[int] | None) -> None:
         vocoder = self.vocoder
@@ -265,37 +317,21 @@ class StreamingDecoder:
         self._style_units = self._style_units[keep_from:]
         self._context_units = stop - keep_from
 
-    def _emit(self, end_frame: int, final: bool = False) -> np.ndarray:
-        """Generate audio up to frame ``end_frame`` (all of it when final) and return what is now final."""
-        hop, fade = self._hop, self.crossfade_samples
-        if end_frame <= self._chunk_end:  # nothing new to generate; at the end the held tail is final as it is
-            out = self._tail if final else np.zeros(0, dtype=np.float32)
-            self._tail = self._tail[len(out) :]
-            self._samples_emitted += len(out)
-            return out
-        first_sample = self._chunk_end * hop - len(self._tail)  # the held tail is regenerated and crossfaded
-        window_start = max(0, first_sample // hop - self.left_context_frames)
-        assert window_start >= self._features_start, "generator input dropped too early"
-        window = self._features[:, window_start - self._features_start :]  # (model_in_dim, frames)
-        audio = self.vocoder.model.generate(window[None])[0]  # (frames × hop,)
-        audio = audio[first_sample - window_start * hop : (end_frame - window_start) * hop].float().cpu().numpy()
 
-        if len(self._tail):
-            overlap = len(self._tail)
-            audio[:overlap] = self._tail * (1 - self._fade_in) + audio[:overlap] * self._fade_in
-        hold = 0 if final else fade
-        self._tail = audio[len(audio) - hold :].copy()
-        out = audio[: len(audio) - hold]
-
-        self._chunk_end = end_frame
-        self._chunks += 1
-        self._samples_emitted += len(out)
-        self._unemitted_unit_ends = [end for end in self._unemitted_unit_ends if end > end_frame]
-        # drop generator input that no later window reaches back to
-        next_window_start = max(0, (end_frame * hop - hold) // hop - self.left_context_frames)
-        drop = next_window_start - self._features_start
-        if drop > 0:
-            self._features = self._features[:, drop:]
-            self._features_start = next_window_start
-        assert self._samples_emitted + len(self._tail) == self._chunk_end * hop, "streamed length drifted"
-        return out
+@torch.inference_mode()
+def vocode_streams(decoders: list[StreamingDecoder]) -> list[np.ndarray]:
+    """``emit`` for several streams of one vocoder, their generator windows sharing forwards; equal to each
+    stream's own ``emit``. A stream that is not ``ready`` gets empty audio. Raises without changing any stream
+    when the forward fails, so the batch can be retried."""
+    if not decoders:
+        return []
+    model = decoders[0].vocoder.model
+    if any(decoder.vocoder.model is not model for decoder in decoders):
+        raise ValueError("vocode_streams: every stream must use the same vocoder")
+    ready = [decoder.ready for decoder in decoders]
+    windows = [decoder.next_window() if is_ready else None for decoder, is_ready in zip(decoders, ready)]
+    generated = iter(generate_windows(model, [window for window in windows if window is not None]))
+    return [
+        decoder.take(None if window is None else next(generated)) if is_ready else np.zeros(0, dtype=np.float32)
+        for decoder, is_ready, window in zip(decoders, ready, windows, strict=True)
+    ]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder, write_tiny_expressive_vocoder
-from spiritserve.vocoder.streaming import StreamingDecoder, receptive_field_frames
+from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
+from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
 
 _rng = np.random.default_rng(7)
 UNITS = [int(u) for u in _rng.integers(0, 500, size=64)]
@@ -183,3 +184,73 @@ def test_invalid_use_is_rejected(base, expressive):
         expressive_decoder.push([1, 2])
     with pytest.raises(ValueError, match="style_units"):
         expressive_decoder.push([1, 2], pitch=[3, 4], style_units=[71])
+
+
+def _count_forwards(monkeypatch, vocoder: UnitVocoder) -> list[int]:
+    """Record the batch size of every generator forward (the forward itself runs unchanged)."""
+    sizes: list[int] = []
+    generate = vocoder.model.generate
+
+    def counted(features):
+        sizes.append(features.shape[0])
+        return generate(features)
+
+    monkeypatch.setattr(vocoder.model, "generate", counted)
+    return sizes
+
+
+@pytest.mark.parametrize("name", ["base", "expressive"])
+def test_concurrent_streams_share_forwards_and_each_equals_its_offline_decode(name, request, monkeypatch):
+    """Streams of different lengths, speakers and push sizes, emitted together round by round (one finishing
+    while others are mid-stream), give exactly what each gives offline, with fewer generator forwards."""
+    vocoder: UnitVocoder = request.getfixturevalue(name)
+    expressive = name == "expressive"
+    # (units, speaker, step); the first and last have the same durations, so their chunks are due together
+    specs = [(UNITS, 1, 1), (UNITS[5:45], 0, 3), (UNITS[::-1][:23], 2, 7), (UNITS, 3, 1)]
+    decoders = [StreamingDecoder(vocoder, speaker, chunk_units=12) for _, speaker, _ in specs]
+    offline = [
+        vocoder.decode(units, speaker=speaker, **({"pitch": PITCH[: len(units)], "style_units": STYLE[: len(units)]}
+                                                   if expressive else {}))
+        for units, speaker, _ in specs
+    ]  # fmt: skip
+    sizes = _count_forwards(monkeypatch, vocoder)
+    pieces: list[list[np.ndarray]] = [[] for _ in specs]
+    fed = [0] * len(specs)
+    while not all(decoder.finished for decoder in decoders):
+        active = [index for index, decoder in enumerate(decoders) if not decoder.finished]
+        for index in active:
+            units, _, step = specs[index]
+            chunk = slice(fed[index], fed[index] + step)
+            streams = {"pitch": PITCH[: len(units)][chunk], "style_units": STYLE[: len(units)][chunk]}
+            streams = streams if expressive else {}
+            decoders[index].feed(units[chunk], **streams, final=fed[index] + step >= len(units))
+            fed[index] += step
+        for index, audio in zip(active, vocode_streams([decoders[index] for index in active]), strict=True):
+            pieces[index].append(audio)
+
+    for decoder, stream_pieces, reference in zip(decoders, pieces, offline, strict=True):
+        assert decoder.durations == reference.durations
+        streamed = np.concatenate(stream_pieces)
+        assert len(streamed) == len(reference.audio) == sum(reference.durations) * vocoder.hop
+        np.testing.assert_allclose(streamed, reference.audio, rtol=0, atol=EXACT)
+    assert max(sizes) > 1  # windows of different streams (and widths) shared forwards
+    emitted_chunks = sum(len(_seams(stream_pieces)) + 1 for stream_pieces in pieces)
+    assert len(sizes) < emitted_chunks
+
+
+def test_padding_a_window_leaves_its_kept_audio_unchanged_and_a_true_end_is_never_padded(base):
+    """A narrower window shares a wider one's forward with zero frames appended only when its kept samples
+    cannot see them; a window kept to its own end (a sequence's true end) runs alone."""
+    hop, (left, right) = base.hop, receptive_field_frames(base.model.config)
+    features = torch.randn(base.model.config.model_in_dim, 60, generator=torch.Generator().manual_seed(1))
+    wide = GeneratorWindow(features, left * hop, (60 - right) * hop)
+    paddable = GeneratorWindow(features[:, :45], left * hop, (45 - right) * hop)
+    true_end = GeneratorWindow(features[:, :45], left * hop, 45 * hop)
+    assert paddable.can_pad(hop, right) and not true_end.can_pad(hop, right)
+    alone = [generate_windows(base.model, [window])[0] for window in (wide, paddable, true_end)]
+    together = generate_windows(base.model, [wide, paddable, true_end])
+    for single, shared in zip(alone, together, strict=True):
+        np.testing.assert_allclose(shared, single, rtol=0, atol=EXACT)
+    with torch.inference_mode():
+        padded_true_end = base.model.generate(torch.nn.functional.pad(features[:, :45], (0, 15))[None])[0]
+    assert np.abs(padded_true_end[left * hop : 45 * hop].numpy() - alone[2]).max() > 1e-3  # why it runs alone

@@ -1,0 +1,102 @@
+"""Generator windows: exact audio for a span of frames from a window with receptive-field context, and many
+windows (of one request or of many) sharing generator forwards.
+
+HiFi-GAN is convolutional, so the audio of output frame f depends only on input frames [f − left, f + right]
+(``receptive_field_frames``). A window of input frames therefore gives exactly the whole-sequence audio for
+every frame whose receptive field it covers, or that reaches the sequence's true ends (where the window's
+zero padding is the sequence's own). Both the offline batched vocoder (``batched.decode_batch``) and the
+streaming one (``streaming.StreamingDecoder``) cut their work into such windows and hand them to
+``generate_windows``.
+
+Sharing forwards. Windows of one width stack into one batch. A narrower window joins a wider one's batch with
+zero frames appended, when nothing it keeps reads that far: if its last kept frame plus ``right`` is still
+inside the window, the appended frames lie outside every kept sample's receptive field. A window whose kept
+audio runs to the sequence's true end (or too close to its own end) is never padded.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
+
+# A window is padded to at most this many times its own width; narrower ones get a forward of their own.
+MAX_PADDING_RATIO = 1.5
+
+
+def receptive_field_frames(config: HifiGanConfig) -> tuple[int, int]:
+    """(left, right): input frames either side of frame f that the generator's output samples of frame f read.
+
+    Output frame f is samples [f·hop, (f+1)·hop); the interval is walked back through conv_post (k7), each
+    stage's MRF blocks (ResBlock1: Σ over its 3 pairs of (k−1)/2·d + (k−1)/2, at the stage's output rate) and
+    transposed conv (output y reads inputs x with y = x·u − (K−u)/2 + j, 0 ≤ j < K), and conv_pre (k7).
+    Exact, not a bound: the frames at ±(left, right) do reach the output (for generic weights). The tiny test
+    vocoders reach 6 frames either side; a HiFi-GAN V1-style 25 Hz config (rates 5·4·4·4·2) reaches 20.
+    """
+    if config.resblock != "1":
+        raise ValueError(f"receptive field is only worked out for ResBlock1, not resblock {config.resblock!r}")
+    low, high = -3, config.code_hop_size - 1 + 3  # conv_post k7, at the output rate
+    reach = max(
+        sum((kernel - 1) // 2 * dilation + (kernel - 1) // 2 for dilation in dilations)
+        for kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
+    )  # widest MRF block: 3 × (dilated conv, plain conv)
+    for rate, kernel in reversed(list(zip(config.upsample_rates, config.upsample_kernel_sizes))):
+        low, high = low - reach, high + reach
+        padding = (kernel - rate) // 2
+        low = -(-(low + padding - kernel + 1) // rate)  # ceil: first input x with x·u − p + K − 1 ≥ low
+        high = (high + padding) // rate  # floor: last input x with x·u − p ≤ high
+    low, high = low - 3, high + 3  # conv_pre k7, at the frame rate
+    return -low, high
+
+
+@dataclass(frozen=True)
+class GeneratorWindow:
+    """Generator input frames (model_in_dim, frames) and the samples of its output to keep, [keep_start,
+    keep_stop), counted from the window's first sample."""
+
+    features: torch.Tensor
+    keep_start: int
+    keep_stop: int
+
+    @property
+    def frames(self) -> int:
+        return self.features.shape[1]
+
+    def can_pad(self, hop: int, right: int) -> bool:
+        """Whether zero frames appended after the window leave every kept sample unchanged."""
+        last_kept_frame = (self.keep_stop - 1) // hop
+        return last_kept_frame + right < self.frames
+
+
+@torch.inference_mode()
+def generate_windows(model: CodeHiFiGAN, windows: list[GeneratorWindow]) -> list[np.ndarray]:
+    """The kept audio of every window (float32), equal to generating each window alone."""
+    hop = model.config.code_hop_size
+    _, right = receptive_field_frames(model.config)
+    kept: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(windows)
+    for group in _share_forwards(windows, hop, right):
+        width = windows[group[0]].frames
+        inputs = torch.stack([F.pad(windows[index].features, (0, width - windows[index].frames)) for index in group])
+        audio = model.generate(inputs).float().cpu().numpy()  # (len(group), width × hop)
+        for row, index in enumerate(group):
+            window = windows[index]
+            kept[index] = audio[row, window.keep_start : window.keep_stop]
+    return kept
+
+
+def _share_forwards(windows: list[GeneratorWindow], hop: int, right: int) -> list[list[int]]:
+    """Group window indices into batches, the widest window of each batch first: equal widths always share,
+    a narrower window joins when it may be padded and is at least 1 / MAX_PADDING_RATIO of the width."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(windows)), key=lambda i: -windows[i].frames):
+        window = windows[index]
+        for group in groups:
+            width = windows[group[0]].frames
+            if window.frames == width or (window.can_pad(hop, right) and window.frames * MAX_PADDING_RATIO >= width):
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    return groups
