@@ -45,6 +45,7 @@ SPEEDUP_BATCH = 16  # speedup_vs_sequential = xRT(SPEEDUP_BATCH) / xRT(1)
 DEFAULT_COMPONENTS = ("hubert", "pitch", "style", "hifigan", "hifigan_stream")
 DEFAULTS = {"batch_sizes": (1, 4, 16, 64), "seconds": 2.0, "repeats": 3}
 QUICK = {"batch_sizes": (1, 2), "seconds": 0.5, "repeats": 1}
+PEAK_GEMM_SIZE = 2048  # square matmul whose GFLOP/s is reported as the peak
 JSON_NAME = "bench-components.json"
 PNG_NAME = "bench-components.png"
 SCHEMA = "spiritserve.bench-components/1"
@@ -364,6 +365,38 @@ def speedup(results: list[dict[str, Any]], batch: int = SPEEDUP_BATCH) -> float 
     return None
 
 
+def count_gflop(component: Component, autocast: Any) -> float | None:
+    """Matmul/conv GFLOP of one batch-1 call (torch's FlopCounterMode), to set achieved GFLOP/s against the
+    device's GEMM peak: the headroom batching could at best recover."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter, autocast():
+            component.run(component.make_inputs(1))
+    except (RuntimeError, MemoryError) as exc:
+        logger.error("%s: counting FLOPs failed: %s", component.name, exc)
+        return None
+    return counter.get_total_flops() / 1e9
+
+
+def peak_gemm_gflops(device: str, dtype: str, size: int = PEAK_GEMM_SIZE, repeats: int = 10) -> float:
+    """GFLOP/s of a large square matmul: the practical compute ceiling of this device at this precision."""
+    import torch
+
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=torch_dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
 def machine_info(device: str) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -406,7 +439,11 @@ def _cpu_model() -> str | None:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    header = f"{'component':<16}{'batch':>6}{'latency s':>12}{'per item s':>12}{'x real time':>13}{'speedup':>9}"
+    header = (
+        f"{'component':<16}{'batch':>6}{'latency s':>12}{'per item s':>12}{'x real time':>13}{'GFLOP/s':>9}"
+        f"{'of peak':>9}{'speedup':>9}"
+    )
+    peak = report["machine"].get("peak_gemm_gflops")
     lines = [header, "-" * len(header)]
     for name, entry in report["components"].items():
         value = entry["speedup_vs_sequential"]
@@ -416,14 +453,18 @@ def format_table(report: dict[str, Any]) -> str:
             if "error" in result:
                 lines.append(f"{name:<16}{result['batch_size']:>6}  failed: {result['error'][:80]}")
                 continue
+            gflops = result.get("gflops")
+            gflops_text = "-" if gflops is None else f"{gflops:.0f}"
+            of_peak = "-" if gflops is None or not peak else f"{gflops / peak:.0%}"
             lines.append(
                 f"{name:<16}{result['batch_size']:>6}{result['latency_s']:>12.4f}{result['per_item_latency_s']:>12.4f}"
-                f"{result['xrt']:>13.2f}{tail:>9}"
+                f"{result['xrt']:>13.2f}{gflops_text:>9}{of_peak:>9}{tail:>9}"
             )
     parameters = report["parameters"]
     lines.append(
         f"({parameters['seconds']} s per item, {parameters['repeats']} timed runs, median; speedup = xRT(batch "
-        f"{SPEEDUP_BATCH}) / xRT(batch 1); {report['machine']['device_name']}, "
+        f"{SPEEDUP_BATCH}) / xRT(batch 1); of peak = achieved matmul/conv GFLOP/s over a {PEAK_GEMM_SIZE}^3 "
+        f"matmul's {peak:.0f} GFLOP/s; {report['machine']['device_name']}, "
         f"{_threads(report['machine']['torch_threads'])}, {parameters['dtype']})"
     )
     return "\n".join(lines)
@@ -554,7 +595,7 @@ def run(args: argparse.Namespace) -> None:
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["spiritserve", *sys.argv[1:]]) if sys.argv else None,
-        "machine": machine_info(device),
+        "machine": {**machine_info(device), "peak_gemm_gflops": peak_gemm_gflops(device, args.dtype)},
         "parameters": {
             "device": device,
             "dtype": args.dtype,
@@ -581,9 +622,12 @@ def run(args: argparse.Namespace) -> None:
         component = BUILDERS[name](device, seconds, args.seed)
         build_s = time.perf_counter() - started
         logger.info("%s built in %.1f s (%s parameters)", name, build_s, f"{sum(component.parameters.values()):,}")
+        gflop_per_item = count_gflop(component, autocast)
         results = []
         for batch in batch_sizes:
             result = summarise(measure(component, batch, repeats, device, autocast), seconds)
+            if "latency_s" in result and gflop_per_item is not None:
+                result["gflops"] = gflop_per_item * batch / result["latency_s"]
             failed = failed or "error" in result
             if "xrt" in result:
                 logger.info("%s batch %d: %.4f s, %.2f x real time", name, batch, result["latency_s"], result["xrt"])
@@ -597,6 +641,7 @@ def run(args: argparse.Namespace) -> None:
             "max_batch_samples": component.max_batch_samples,
             "build_s": build_s,
             "config": component.config,
+            "gflop_per_item": gflop_per_item,
             "results": results,
             "speedup_vs_sequential": speedup(results),
             "load_average_end": _load_average(),
