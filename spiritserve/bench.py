@@ -380,21 +380,22 @@ def count_gflop(component: Component, autocast: Any) -> float | None:
 
 
 def peak_gemm_gflops(device: str, dtype: str, size: int = PEAK_GEMM_SIZE, repeats: int = 10) -> float:
-    """GFLOP/s of a large square matmul: the practical compute ceiling of this device at this precision."""
+    """GFLOP/s of a large square matmul (fastest of the runs): the practical compute ceiling of this device at
+    this precision."""
     import torch
 
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     a, b = (torch.randn(size, size, device=device, dtype=torch_dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
+    best = float("inf")
+    for _ in range(repeats + 3):  # the first runs warm up; the fastest run is the ceiling
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
         a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
 
 
 def machine_info(device: str) -> dict[str, Any]:
