@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from spiritserve import bench, chat, precision
+from spiritserve import batch_check, bench, chat, precision
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     bench.add_parser(commands)  # bench-components
     precision.add_parser(commands)  # check-precision
+    batch_check.add_parser(commands)  # check-batching
     chat.add_parser(commands)  # chat
 
     args = parser.parse_args(argv)

@@ -1,0 +1,148 @@
+"""`spiritserve check-batching`: on a given device, batched speech stages give what one-by-one runs give.
+
+The tests prove it on CPU with tiny weights; this command repeats the proof wherever the service will run
+(a GPU, the official checkpoints), because kernels chosen per batch shape may round differently there:
+- the speech tokenizer encodes the clips all together and each alone: unit agreement per stream (1.0 means
+  identical);
+- the vocoder decodes the clips' units with ``decode_batch`` and each with ``UnitVocoder.decode``, and
+  streams them concurrently through ``vocode_streams``, a few units per step: the largest sample difference.
+Exits non-zero when units differ or audio differs by more than ``--audio-tolerance``.
+"""
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from spiritserve.precision import unit_agreement
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_AUDIO_TOLERANCE = 1e-4  # fp32; the tests see < 1e-5 on CPU
+STREAM_STEP_UNITS = 3  # units fed per stream per step, as a few engine steps would
+PITCH_RATIO, STYLE_RATIO = 2, 25  # 25 Hz units per pitch unit (12.5 Hz) and per style unit (1 Hz)
+
+
+def _run(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from spiritserve.checkpoints import embedded_default_root, ensure_embedded_default, open_checkpoint
+    from spiritserve.server.audio_io import decode_audio
+    from spiritserve.tokenizers.speech import SpeechTokenizer
+    from spiritserve.vocoder.base import UnitVocoder
+    from spiritserve.vocoder.batched import VocodeRequest, decode_batch
+
+    root = args.checkpoints or embedded_default_root()
+    if args.checkpoints is None:
+        ensure_embedded_default(root)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint = open_checkpoint(root, args.variant)
+    waveforms = [decode_audio(path.read_bytes(), max_seconds=600) for path in args.clips]
+
+    tokenizer = SpeechTokenizer.from_checkpoint(checkpoint, device)
+    started = time.perf_counter()
+    together = tokenizer.encode(waveforms)
+    alone = [tokenizer.encode([waveform])[0] for waveform in waveforms]
+    agreement = {
+        name: unit_agreement([getattr(u, name) for u in alone], [getattr(u, name) for u in together])
+        for name in ("hubert", "pitch", "style")
+        if any(getattr(u, name) for u in alone)
+    }
+    tokenize_s = time.perf_counter() - started
+
+    vocoder = UnitVocoder.from_dir(checkpoint.vocoder_dir, device)
+    if vocoder.is_expressive:
+        # one pitch and style unit per HuBERT unit, as parse-back gives them (raw streams repeated to length)
+        requests = [
+            VocodeRequest(u.hubert, vocoder.default_speaker, pitch=_per_unit(u.pitch, PITCH_RATIO, len(u.hubert)),
+                          style_units=_per_unit(u.style, STYLE_RATIO, len(u.hubert)))
+            for u in alone
+        ]  # fmt: skip
+    else:
+        requests = [VocodeRequest(u.hubert, vocoder.default_speaker) for u in alone]
+    started = time.perf_counter()
+    offline = [vocoder.decode(r.units, r.speaker, pitch=r.pitch, style_units=r.style_units) for r in requests]
+    batched = decode_batch(vocoder, requests)
+    streamed = _stream_all(vocoder, requests)
+    vocode_s = time.perf_counter() - started
+
+    def max_difference(candidates: list[Any]) -> float:
+        return (
+            max(
+                (float(np.abs(a.audio - b).max()) if len(a.audio) == len(b) else float("inf"))
+                for a, b in zip(offline, candidates, strict=True)
+                if len(a.audio)
+            )
+            if any(len(a.audio) for a in offline)
+            else 0.0
+        )
+
+    report = {
+        "checkpoint_root": str(root),
+        "variant": checkpoint.variant,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "clips": [str(path) for path in args.clips],
+        "unit_agreement_batched_vs_alone": agreement,
+        "vocoder_max_abs_difference": {
+            "decode_batch_vs_decode": max_difference([output.audio for output in batched]),
+            "concurrent_streams_vs_decode": max_difference(streamed),
+        },
+        "audio_tolerance": args.audio_tolerance,
+        "seconds": {"tokenize": tokenize_s, "vocode": vocode_s},
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    differences = report["vocoder_max_abs_difference"].values()
+    if any(value != 1.0 for value in agreement.values()) or any(d > args.audio_tolerance for d in differences):
+        raise SystemExit("batched results differ from one-by-one results; see the report")
+
+
+def _per_unit(values: list[int], ratio: int, length: int) -> list[int] | None:
+    """A raw pitch (12.5 Hz) or style (1 Hz) stream at the 25 Hz unit rate, as resynthesis brings it."""
+    import torch
+
+    from spiritserve.vocoder.hifigan import repeat_to_length
+
+    return repeat_to_length(torch.tensor([values]), ratio, length)[0].tolist() if values else None
+
+
+def _stream_all(vocoder: Any, requests: list[Any]) -> list[Any]:
+    """All requests streamed at once, STREAM_STEP_UNITS units per stream per step, due chunks batched."""
+    import numpy as np
+
+    from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
+
+    decoders = [StreamingDecoder(vocoder, request.speaker) for request in requests]
+    pieces: list[list[Any]] = [[] for _ in requests]
+    position = 0
+    while not all(decoder.finished for decoder in decoders):
+        active = [index for index, decoder in enumerate(decoders) if not decoder.finished]
+        for index in active:
+            request, span = requests[index], slice(position, position + STREAM_STEP_UNITS)
+            decoders[index].feed(
+                request.units[span],
+                request.pitch[span] if request.pitch else None,
+                request.style_units[span] if request.style_units else None,
+                final=position + STREAM_STEP_UNITS >= len(request.units),
+            )
+        for index, audio in zip(active, vocode_streams([decoders[index] for index in active]), strict=True):
+            pieces[index].append(audio)
+        position += STREAM_STEP_UNITS
+    return [np.concatenate(stream) for stream in pieces]
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("check-batching", help="batched speech stages vs one by one, on any device")
+    parser.add_argument("clips", type=Path, nargs="+", help="speech files (any common format)")
+    parser.add_argument("--checkpoints", type=Path, help="checkpoint root (default: the embedded tiny bundle)")
+    parser.add_argument("--variant", choices=["base", "expressive"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--audio-tolerance", type=float, default=DEFAULT_AUDIO_TOLERANCE)
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.set_defaults(run=_run)
