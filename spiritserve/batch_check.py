@@ -10,13 +10,11 @@ Exits non-zero when units differ or audio differs by more than ``--audio-toleran
 """
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from spiritserve.precision import unit_agreement
+from spiritserve.precision import add_clip_check_parser, open_clip_check, stream_agreement, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -27,30 +25,18 @@ PITCH_RATIO, STYLE_RATIO = 2, 25  # 25 Hz units per pitch unit (12.5 Hz) and per
 
 def _run(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
 
-    from spiritserve.checkpoints import embedded_default_root, ensure_embedded_default, open_checkpoint
-    from spiritserve.server.audio_io import decode_audio
     from spiritserve.tokenizers.speech import SpeechTokenizer
     from spiritserve.vocoder.base import UnitVocoder
     from spiritserve.vocoder.batched import VocodeRequest, decode_batch
 
-    root = args.checkpoints or embedded_default_root()
-    if args.checkpoints is None:
-        ensure_embedded_default(root)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    checkpoint = open_checkpoint(root, args.variant)
-    waveforms = [decode_audio(path.read_bytes(), max_seconds=600) for path in args.clips]
-
+    check = open_clip_check(args)
+    checkpoint, device, waveforms = check.checkpoint, check.device, check.waveforms
     tokenizer = SpeechTokenizer.from_checkpoint(checkpoint, device)
     started = time.perf_counter()
     together = tokenizer.encode(waveforms)
     alone = [tokenizer.encode([waveform])[0] for waveform in waveforms]
-    agreement = {
-        name: unit_agreement([getattr(u, name) for u in alone], [getattr(u, name) for u in together])
-        for name in ("hubert", "pitch", "style")
-        if any(getattr(u, name) for u in alone)
-    }
+    agreement = stream_agreement(alone, together)
     tokenize_s = time.perf_counter() - started
 
     vocoder = UnitVocoder.from_dir(checkpoint.vocoder_dir, device)
@@ -81,10 +67,10 @@ def _run(args: argparse.Namespace) -> None:
         )
 
     report = {
-        "checkpoint_root": str(root),
+        "checkpoint_root": str(check.root),
         "variant": checkpoint.variant,
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device_name": check.device_name,
         "clips": [str(path) for path in args.clips],
         "unit_agreement_batched_vs_alone": agreement,
         "vocoder_max_abs_difference": {
@@ -94,10 +80,7 @@ def _run(args: argparse.Namespace) -> None:
         "audio_tolerance": args.audio_tolerance,
         "seconds": {"tokenize": tokenize_s, "vocode": vocode_s},
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
     differences = report["vocoder_max_abs_difference"].values()
     if any(value != 1.0 for value in agreement.values()) or any(d > args.audio_tolerance for d in differences):
         raise SystemExit("batched results differ from one-by-one results; see the report")
@@ -137,12 +120,7 @@ def _stream_all(vocoder: Any, requests: list[Any]) -> list[Any]:
     return [np.concatenate(stream) for stream in pieces]
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser("check-batching", help="batched speech stages vs one by one, on any device")
-    parser.add_argument("clips", type=Path, nargs="+", help="speech files (any common format)")
-    parser.add_argument("--checkpoints", type=Path, help="checkpoint root (default: the embedded tiny bundle)")
-    parser.add_argument("--variant", choices=["base", "expressive"])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+def add_parser(commands: Any) -> None:
+    parser = add_clip_check_parser(commands, "check-batching", "batched speech stages vs one by one, on any device")
     parser.add_argument("--audio-tolerance", type=float, default=DEFAULT_AUDIO_TOLERANCE)
-    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.set_defaults(run=_run)

@@ -9,8 +9,9 @@ precision (`SPIRITSERVE_SPEECH_DTYPE`) only where the agreement is at least 99.5
 import argparse
 import json
 import logging
-import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REQUIRED_AGREEMENT = 0.995
 logger = logging.getLogger(__name__)
@@ -23,50 +24,91 @@ def unit_agreement(reference: list[list[int]], candidate: list[list[int]]) -> fl
     return same / total if total else 1.0
 
 
-def _run(args: argparse.Namespace) -> None:
+def stream_agreement(reference: list[Any], candidate: list[Any]) -> dict[str, float]:
+    """``unit_agreement`` per stream (hubert, pitch, style) of two lists of SpeechUnits; unused streams left out."""
+    return {
+        name: unit_agreement([getattr(u, name) for u in reference], [getattr(u, name) for u in candidate])
+        for name in ("hubert", "pitch", "style")
+        if any(getattr(u, name) for u in reference)
+    }
+
+
+@dataclass
+class ClipCheck:
+    """What the clip-based checks (check-precision, check-batching) start from."""
+
+    root: Path
+    checkpoint: Any  # SpiritCheckpoint
+    device: str
+    device_name: str
+    waveforms: list[Any]  # 16 kHz mono float32
+
+
+def open_clip_check(args: argparse.Namespace) -> ClipCheck:
+    """The checkpoint (the embedded tiny bundle unless --checkpoints), the device and the decoded clips."""
+    import platform
+
     import torch
 
     from spiritserve.checkpoints import embedded_default_root, ensure_embedded_default, open_checkpoint
     from spiritserve.server.audio_io import decode_audio
-    from spiritserve.tokenizers.speech import SpeechTokenizer
 
     root = args.checkpoints or embedded_default_root()
     if args.checkpoints is None:
         ensure_embedded_default(root)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    checkpoint = open_checkpoint(root, args.variant)
+    device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     waveforms = [decode_audio(path.read_bytes(), max_seconds=600) for path in args.clips]
-    reference = SpeechTokenizer.from_checkpoint(checkpoint, device).encode(waveforms)
-    reduced = SpeechTokenizer.from_checkpoint(checkpoint, device, compute_dtype=dtype).encode(waveforms)
-    agreement = {
-        name: unit_agreement([getattr(u, name) for u in reference], [getattr(u, name) for u in reduced])
-        for name in ("hubert", "pitch", "style")
-        if any(getattr(u, name) for u in reference)
-    }
-    report = {
-        "checkpoint_root": str(root),
-        "variant": checkpoint.variant,
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "dtype": args.dtype,
-        "clips": [str(path) for path in args.clips],
-        "agreement": agreement,
-        "required": REQUIRED_AGREEMENT,
-        "reduced_precision_allowed": {name: value >= REQUIRED_AGREEMENT for name, value in agreement.items()},
-    }
+    return ClipCheck(root, open_checkpoint(root, args.variant), device, device_name, waveforms)
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> None:
     print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser("check-precision", help="unit agreement of bf16/fp16 speech encoders with fp32")
+def add_clip_check_parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand taking clips, a checkpoint root, a variant, a device and an output file."""
+    parser = commands.add_parser(name, help=help_text)
     parser.add_argument("clips", type=Path, nargs="+", help="speech files (any common format)")
     parser.add_argument("--checkpoints", type=Path, help="checkpoint root (default: the embedded tiny bundle)")
     parser.add_argument("--variant", choices=["base", "expressive"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    import torch
+
+    from spiritserve.tokenizers.speech import SpeechTokenizer
+
+    check = open_clip_check(args)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    reference = SpeechTokenizer.from_checkpoint(check.checkpoint, check.device).encode(check.waveforms)
+    reduced = SpeechTokenizer.from_checkpoint(check.checkpoint, check.device, compute_dtype=dtype).encode(
+        check.waveforms
+    )
+    agreement = stream_agreement(reference, reduced)
+    write_report(
+        {
+            "checkpoint_root": str(check.root),
+            "variant": check.checkpoint.variant,
+            "device": check.device,
+            "device_name": check.device_name,
+            "dtype": args.dtype,
+            "clips": [str(path) for path in args.clips],
+            "agreement": agreement,
+            "required": REQUIRED_AGREEMENT,
+            "reduced_precision_allowed": {name: value >= REQUIRED_AGREEMENT for name, value in agreement.items()},
+        },
+        args.out,
+    )
+
+
+def add_parser(commands: Any) -> None:
+    parser = add_clip_check_parser(commands, "check-precision", "unit agreement of bf16/fp16 speech encoders with fp32")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.set_defaults(run=_run)
