@@ -63,6 +63,11 @@ from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, recep
 DURATION_CONTEXT_UNITS = 2
 DEFAULT_FIRST_CHUNK_UNITS = 10
 DEFAULT_CHUNK_UNITS = 25
+# Later chunks double up to this size. Every chunk recomputes the receptive field on both sides (40 frames on
+# the official vocoder), so 25-unit chunks cost ~2.6x the offline decode of raw units and 100-unit ones ~1.4x
+# (CPU, 8 s streams one unit per push: 3.9x, 5.2x, 7.0x real time for chunks of 25, 50, 100 units). Once the
+# first chunks are playing, the listener has seconds of audio buffered, so later chunks can be long.
+DEFAULT_MAX_CHUNK_UNITS = 100
 DEFAULT_CROSSFADE_SAMPLES = 80  # 5 ms at 16 kHz
 
 
@@ -76,8 +81,9 @@ class StreamingDecoder:
 
     speaker, style: as for ``UnitVocoder.decode`` (style None: the vocoder's default global style).
     predict_durations: False vocodes every unit as one frame (raw 25 Hz units).
-    first_chunk_units / chunk_units: a chunk is generated once this many units (first chunk / later chunks)
-    have committed durations and are past the lookahead; everything ready then goes in that chunk.
+    first_chunk_units / chunk_units / max_chunk_units: a chunk is generated once this many units have committed
+    durations and are past the lookahead: ``first_chunk_units`` for the first chunk, ``chunk_units`` for the
+    second, then twice the previous size up to ``max_chunk_units``; everything ready then goes in that chunk.
     lookahead_frames: committed frames kept after the last emitted one as right context; None: the
     generator's full right receptive field (exact). crossfade_samples: overlap-add length at seams (≤ hop).
     """
@@ -91,6 +97,7 @@ class StreamingDecoder:
         predict_durations: bool = True,
         first_chunk_units: int = DEFAULT_FIRST_CHUNK_UNITS,
         chunk_units: int = DEFAULT_CHUNK_UNITS,
+        max_chunk_units: int = DEFAULT_MAX_CHUNK_UNITS,
         lookahead_frames: int | None = None,
         crossfade_samples: int = DEFAULT_CROSSFADE_SAMPLES,
     ):
@@ -98,8 +105,11 @@ class StreamingDecoder:
         model = vocoder.model
         if predict_durations and model.dur_predictor is None:
             raise ValueError("this vocoder has no duration predictor; use predict_durations=False")
-        if first_chunk_units < 1 or chunk_units < 1:
-            raise ValueError(f"chunk sizes must be >= 1 unit, got {first_chunk_units} and {chunk_units}")
+        if first_chunk_units < 1 or chunk_units < 1 or max_chunk_units < chunk_units:
+            raise ValueError(
+                f"chunk sizes must be >= 1 unit and max_chunk_units >= chunk_units, got {first_chunk_units}, "
+                f"{chunk_units} and {max_chunk_units}"
+            )
         left, right = receptive_field_frames(model.config)
         if lookahead_frames is None:
             lookahead_frames = right
@@ -112,6 +122,7 @@ class StreamingDecoder:
         self.predict_durations = predict_durations
         self.first_chunk_units = first_chunk_units
         self.chunk_units = chunk_units
+        self.max_chunk_units = max_chunk_units
         self.lookahead_frames = lookahead_frames
         self.crossfade_samples = crossfade_samples
         self.left_context_frames = left
@@ -200,7 +211,7 @@ class StreamingDecoder:
             return True
         end_frame = self._end_frame()
         ready = sum(end <= end_frame for end in self._unemitted_unit_ends)
-        return ready >= (self.first_chunk_units if self._chunks == 0 else self.chunk_units)
+        return ready >= self._next_chunk_units()
 
     @torch.inference_mode()
     def emit(self) -> np.ndarray:
@@ -252,6 +263,11 @@ class StreamingDecoder:
         assert self._samples_emitted + len(self._tail) == self._chunk_end * hop, "streamed length drifted"
         self._finished = final
         return out
+
+    def _next_chunk_units(self) -> int:
+        if self._chunks == 0:
+            return self.first_chunk_units
+        return min(self.chunk_units * 2 ** (self._chunks - 1), self.max_chunk_units)
 
     def _end_frame(self) -> int:
         """The frame the next chunk ends at: all committed frames at the end, else the lookahead before them."""

@@ -149,6 +149,20 @@ def test_first_audio_after_the_first_chunk(base):
         assert decoder.durations == durations
 
 
+def test_later_chunks_double_up_to_the_maximum_and_still_equal_offline(base):
+    units = UNITS * 5  # 320 units
+    decoder = StreamingDecoder(base, SPEAKER, lookahead_frames=0)  # default sizes: 10, 25, then doubling to 100
+    pieces = [decoder.push([unit]) for unit in units]
+    pushed_when_audio = [n for n, piece in enumerate(pieces, 1) if len(piece)]
+    assert pushed_when_audio == [12, 37, 87, 187, 287]  # 2 units of duration context, then 10, 25, 50, 100, 100
+    pieces.append(decoder.finish())
+    offline = base.decode(units, speaker=SPEAKER).audio
+    assert len(np.concatenate(pieces)) == len(offline)
+    full_context = StreamingDecoder(base, SPEAKER)
+    streamed = np.concatenate([full_context.push([unit]) for unit in units] + [full_context.finish()])
+    np.testing.assert_allclose(streamed, offline, rtol=0, atol=EXACT)
+
+
 def test_empty_input_gives_empty_audio(base, expressive):
     decoder = StreamingDecoder(base, SPEAKER)
     assert decoder.push([]).shape == (0,)
@@ -171,14 +185,19 @@ def test_invalid_use_is_rejected(base, expressive):
         StreamingDecoder(expressive, SPEAKER, style=0)
     with pytest.raises(ValueError, match="crossfade"):
         StreamingDecoder(base, SPEAKER, crossfade_samples=base.hop + 1)
+    with pytest.raises(ValueError, match="max_chunk_units"):
+        StreamingDecoder(base, SPEAKER, chunk_units=30, max_chunk_units=20)
     decoder = StreamingDecoder(base, SPEAKER)
     with pytest.raises(ValueError, match="units"):
         decoder.push([1, 500])
     with pytest.raises(ValueError, match="pitch"):
         decoder.push([1, 2], pitch=[3, 4])  # base vocoder has no pitch table
+    assert decoder.push([1, 2]).shape == (0,)  # a rejected push left the stream as it was
     decoder.finish()
     with pytest.raises(RuntimeError, match="closed"):
         decoder.push([1])
+    with pytest.raises(RuntimeError, match="closed"):
+        decoder.finish()
     expressive_decoder = StreamingDecoder(expressive, SPEAKER)
     with pytest.raises(ValueError, match="pitch"):
         expressive_decoder.push([1, 2])
