@@ -55,10 +55,21 @@ class ApiKeys:
         return presented
 
 
+# Browsers cannot set headers on a websocket. Besides ``?api_key=`` (which lands in access logs), a browser can
+# offer the key as a subprotocol next to REALTIME_SUBPROTOCOL, the one the server then selects:
+# ``new WebSocket(url, ["spiritserve.realtime.v1", "spiritserve.key." + KEY])``.
+REALTIME_SUBPROTOCOL = "spiritserve.realtime.v1"
+KEY_SUBPROTOCOL_PREFIX = "spiritserve.key."
+
+
 def presented_key(headers: dict[str, str], query: dict[str, str]) -> str | None:
+    """The key a caller sent: ``Authorization: Bearer``, a ``spiritserve.key.`` subprotocol, or ``?api_key=``."""
     authorization = headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
+    for offered in headers.get("sec-websocket-protocol", "").split(","):
+        if offered.strip().startswith(KEY_SUBPROTOCOL_PREFIX):
+            return offered.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
     return query.get("api_key")
 
 

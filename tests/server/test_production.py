@@ -78,15 +78,37 @@ def test_keys_are_required_except_on_public_paths(production_server):
         assert httpx.post(f"{url}/v1/tokenize", files=upload(), headers=authorized(key)).status_code == 200
 
 
-def test_websocket_takes_the_key_in_the_query_for_browsers(production_server):
+def test_websocket_takes_the_key_as_a_subprotocol_or_in_the_query_for_browsers(production_server):
     ws = production_server[0].replace("http://", "ws://") + "/v1/realtime"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws)
-    assert refused.value.response.status_code == 403
+    for refused_attempt in ({}, {"subprotocols": ["spiritserve.realtime.v1", "spiritserve.key.sk-test-wrong"]}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws, **refused_attempt)
+        assert refused.value.response.status_code == 403
+    with connect(ws, subprotocols=["spiritserve.realtime.v1", f"spiritserve.key.{KEY}"]) as socket:
+        assert socket.subprotocol == "spiritserve.realtime.v1"  # what a browser needs to keep the socket
+        assert '"session.created"' in socket.recv(timeout=30)
     with connect(f"{ws}?api_key={KEY}") as socket:
         assert '"session.created"' in socket.recv(timeout=30)
     with connect(ws, additional_headers=authorized(OTHER_KEY)) as socket:
         assert '"session.created"' in socket.recv(timeout=30)
+
+
+def test_the_page_sends_its_key_as_a_subprotocol_not_in_the_socket_url(production_server, browser):
+    """Opened as /?api_key=KEY, the voice-chat page in Chromium gets a session; with a wrong key it shows why."""
+    url, _ = production_server
+    server = url.removeprefix("http://")
+    for key, connects in ((KEY, True), ("sk-test-wrong", False)):
+        page = browser.new_page()
+        sockets = []
+        page.on("websocket", lambda socket, opened=sockets: opened.append(socket.url))
+        page.goto(f"{url}/?api_key={key}")
+        page.click("#start")
+        condition = "window.spiritserve.sessionId !== null" if connects else "window.spiritserve.lastError !== null"
+        page.wait_for_function(f"() => {condition}", timeout=30_000)
+        assert sockets == [f"ws://{server}/v1/realtime"]  # the key is not in the URL that access logs keep
+        if connects:
+            assert page.evaluate("() => window.spiritserve.lastError") is None
+        page.close()
 
 
 def test_over_capacity_requests_get_503_and_nothing_in_flight_is_lost(production_server):

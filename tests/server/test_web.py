@@ -6,29 +6,11 @@ ends the turn by itself, exactly as with a person talking.
 """
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
-import soundfile
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
-CHROMIUM = Path("/usr/bin/chromium")
 TURN_TIMEOUT_MS = 45_000
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 def test_the_page_and_its_files_are_served_from_here(client):
@@ -43,36 +25,6 @@ def test_the_page_and_its_files_are_served_from_here(client):
     assert client.get("/static/../web.py").status_code == 404
     paths = client.get("/openapi.json").json()["paths"]
     assert "/" not in paths and not any(path.startswith("/static") for path in paths)
-
-
-@pytest.fixture()
-def fake_microphone(tmp_path: Path) -> Path:
-    """The committed clip between silences, as the 16-bit PCM WAV Chromium's fake capture device wants."""
-    clip, rate = soundfile.read(FIXTURES / "espeak_22k_mono.wav", dtype="int16")
-    silence = np.zeros(rate // 2, dtype=np.int16)
-    path = tmp_path / "microphone.wav"
-    # 3 s of trailing silence: the turn ends after 300 ms of it, and the short answer is done long before the
-    # device loops back to the speech (which would barge in).
-    soundfile.write(path, np.concatenate([silence, clip, np.tile(silence, 6)]), rate, subtype="PCM_16")
-    return path
-
-
-@pytest.fixture()
-def browser(fake_microphone: Path) -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/test.sh, or as root: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={fake_microphone}"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 # Hides AudioWorklet, as on a page served over plain http from another host: the ScriptProcessor path runs.

@@ -254,14 +254,18 @@ function realtimeUrl() {
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.search = "";
   url.hash = "";
-  // With API keys on, open the page as /?api_key=KEY: browsers cannot set headers on a websocket.
-  const key = new URLSearchParams(location.search).get("api_key");
-  if (key) url.searchParams.set("api_key", key);
   return url;
 }
 
+// With API keys on, open the page as /?api_key=KEY. Browsers cannot set headers on a websocket, so the key
+// travels as a subprotocol (not in the URL, which access logs keep); the server answers with the first one.
+function realtimeProtocols() {
+  const key = new URLSearchParams(location.search).get("api_key");
+  return key ? ["spiritserve.realtime.v1", "spiritserve.key." + key] : [];
+}
+
 function openSocket() {
-  const ws = new WebSocket(realtimeUrl());
+  const ws = new WebSocket(realtimeUrl(), realtimeProtocols());
   ws.onopen = () => send({ type: "session.update", session: sessionConfig() });
   ws.onmessage = ({ data }) => {
     try {
