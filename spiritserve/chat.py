@@ -10,6 +10,7 @@ a WAV file (numbered per turn), with the timings the server reports.
 import argparse
 import base64
 import json
+import os
 import sys
 import threading
 import time
@@ -160,6 +161,7 @@ def _talk_live(client: ChatClient, device: str, input_format: str, seconds: floa
 
 
 def _run(args: argparse.Namespace) -> None:
+    from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     if bool(args.inputs) == args.microphone:
@@ -168,7 +170,13 @@ def _run(args: argparse.Namespace) -> None:
     session.update({key: value for key, value in (("seed", args.seed), ("speaker", args.speaker)) if value is not None})
     if args.microphone:
         session["turn_detection"] = {"type": "server_vad", "silence_ms": args.silence_ms}
-    with connect(args.url, max_size=2**24, open_timeout=30) as socket:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    try:
+        socket = connect(args.url, max_size=2**24, open_timeout=30, additional_headers=headers)
+    except InvalidStatus as exc:
+        hint = " (check --api-key or SPIRITSERVE_API_KEY)" if exc.response.status_code in (401, 403) else ""
+        sys.exit(f"{args.url} refused the connection: HTTP {exc.response.status_code}{hint}")
+    with socket:
         client = ChatClient(socket, args.out, args.timeout)
         client.configure(session)
         if args.microphone:
@@ -190,6 +198,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--record-seconds", type=float, help="stop capturing after this long (default: device end)")
     parser.add_argument("--silence-ms", type=int, default=600, help="silence that ends a spoken turn")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/realtime")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("SPIRITSERVE_API_KEY"), help="sent as a Bearer token (default: env "
+        "SPIRITSERVE_API_KEY)"
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("answer.wav"), help="answer WAVs, numbered per turn")
     parser.add_argument("--text", action="store_true", help="ask for text answers instead of speech")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="speech answer budget per turn")

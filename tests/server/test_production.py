@@ -111,6 +111,18 @@ def test_the_page_sends_its_key_as_a_subprotocol_not_in_the_socket_url(productio
         page.close()
 
 
+def test_the_chat_client_sends_its_key(production_server, tmp_path):
+    ws = production_server[0].replace("http://", "ws://") + "/v1/realtime"
+    command = [sys.executable, "-m", "spiritserve", "chat", str(CLIP), "--url", ws, "--text", "--out", str(tmp_path)]
+    environment = {key: value for key, value in os.environ.items() if key != "SPIRITSERVE_API_KEY"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=180, env=environment)
+    assert refused.returncode != 0 and "HTTP 403" in refused.stderr and "api-key" in refused.stderr
+    answered = subprocess.run(
+        command, capture_output=True, text=True, timeout=180, env={**environment, "SPIRITSERVE_API_KEY": KEY}
+    )
+    assert answered.returncode == 0 and "turn 1: completed" in answered.stdout, answered.stderr[-2000:]
+
+
 def test_over_capacity_requests_get_503_and_nothing_in_flight_is_lost(production_server):
     url, _ = production_server
     long_form = {"max_speech_seconds": "20", "seed": "1", "response_format": "json"}
