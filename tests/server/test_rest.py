@@ -351,13 +351,13 @@ def test_concurrent_streams_share_vocoder_batches_and_each_matches_its_whole_ans
 
     streamed = asyncio.run(all_at_once())
     after = _histogram(client.get("/metrics").text, "spiritserve_batch_size", "streaming_vocoder")
+    batches = after["+Inf"] - before.get("+Inf", 0)  # no series before the first streamed chunk
+    single_item_batches = after["1.0"] - before.get("1.0", 0)
     for speaker, body in zip(speakers, streamed, strict=True):
         whole = client.post("/v1/speech/continue", files=upload(CLIP), data={**form, "speaker": speaker}).content
         assert len(body) == len(whole) > 0
         difference = np.abs(np.frombuffer(body, "<i2").astype(np.int32) - np.frombuffer(whole, "<i2")).max()
         assert difference <= 64  # PCM16 steps: chunked, batched vocoding equals the one-pass decode (2e-3)
-    batches = after["+Inf"] - before["+Inf"]
-    single_item_batches = after["1.0"] - before["1.0"]
     assert batches > 0 and single_item_batches < batches  # chunks of different streams shared forwards
 
 
