@@ -241,18 +241,29 @@ async def _wait_for_running(http, wanted: float, timeout_s: float) -> bool:
     return False
 
 
-def test_client_disconnect_aborts_the_engine_request(server_url):
-    """A 120 s speech budget takes the tiny engine ~20 s; hanging up must free the engine at once."""
+@pytest.mark.parametrize("streamed", [False, True])
+def test_client_disconnect_aborts_the_engine_request(server_url, streamed):
+    """A 120 s speech budget takes the tiny engine ~20 s; hanging up must free the engine at once, whether the
+    client was waiting for the whole answer or had started reading a streamed one."""
+    form = {"max_speech_seconds": "120", "stream": str(streamed).lower()}
+
+    async def hang_up_while_streaming(http) -> None:
+        async with http.stream("POST", "/v1/speech/continue", files=upload(CLIP), data=form) as response:
+            assert response.status_code == 200
+            await anext(response.aiter_bytes())
+            assert await _wait_for_running(http, 1.0, timeout_s=60), "the generation never started"
+        # the client has gone away mid-stream
 
     async def scenario() -> None:
         async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
-            long_request = asyncio.create_task(
-                http.post("/v1/speech/continue", files=upload(CLIP), data={"max_speech_seconds": "120"})
-            )
-            assert await _wait_for_running(http, 1.0, timeout_s=60), "the generation never started"
-            long_request.cancel()  # closes the connection mid-generation
-            with contextlib.suppress(asyncio.CancelledError):
-                await long_request
+            if streamed:
+                await hang_up_while_streaming(http)
+            else:
+                long_request = asyncio.create_task(http.post("/v1/speech/continue", files=upload(CLIP), data=form))
+                assert await _wait_for_running(http, 1.0, timeout_s=60), "the generation never started"
+                long_request.cancel()  # closes the connection mid-generation
+                with contextlib.suppress(asyncio.CancelledError):
+                    await long_request
             assert await _wait_for_running(http, 0.0, timeout_s=10), "the engine request kept running"
 
     asyncio.run(scenario())
