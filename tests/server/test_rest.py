@@ -250,7 +250,8 @@ def test_client_disconnect_aborts_the_engine_request(server_url, streamed):
     async def hang_up_while_streaming(http) -> None:
         async with http.stream("POST", "/v1/speech/continue", files=upload(CLIP), data=form) as response:
             assert response.status_code == 200
-            await anext(response.aiter_bytes())
+            chunks = response.aiter_bytes()  # kept: dropping the iterator would already close the stream
+            await anext(chunks)
             assert await _wait_for_running(http, 1.0, timeout_s=60), "the generation never started"
         # the client has gone away mid-stream
 
