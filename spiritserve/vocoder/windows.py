@@ -24,10 +24,11 @@ from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
 
 # A window is padded to at most this many times its own width; narrower ones get a forward of their own.
 MAX_PADDING_RATIO = 1.5
-# Input frames (rows × width) one generator forward takes at most, by device type. On CPU, forwards past a few
-# hundred frames run slower per frame, their activations (up to 32 channels × 640 samples per frame) no longer
-# in cache: bench-components, 2 s items on 2 cores, 12.5× real time at 4 windows of 70 frames, 10.5× at 16,
-# 6.8× at 64. A GPU wants wide batches; 8192 frames keep the widest activation near 2.7 GB in fp32.
+# Input frames (rows × width) one generator forward takes at most, by device type. The official 25 Hz vocoder's
+# widest activations hold 10 240 values per input frame (16 channels × 640 samples, or 32 × 320 a stage
+# before). On CPU, forwards past a few hundred frames run slower per frame, no longer in cache: bench-components,
+# 2 s items on 2 cores, 12.5× real time at 4 windows of 70 frames, 10.5× at 16, 6.8× at 64. A GPU wants wide
+# batches; at 8192 frames such an activation is ~340 MB in fp32.
 MAX_FORWARD_FRAMES = {"cpu": 320, "cuda": 8192}
 
 
