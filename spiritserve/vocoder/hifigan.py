@@ -278,12 +278,6 @@ class CodeHiFiGAN(nn.Module):
                 self.resblocks.append(ResBlock1(channels, block_kernel, dilations))
         self.conv_post = legacy_weight_norm(nn.Conv1d(channels, 1, 7, padding=3))
 
-    def removelegacy_weight_norm(self) -> None:
-        """Fold every ``weight_g``/``weight_v`` pair into a plain ``weight`` (call after loading)."""
-        for module in self.modules():
-            if hasattr(module, "weight_g"):
-                nn.utils.removelegacy_weight_norm(module)
-
     def predict_durations(self, codes: torch.LongTensor) -> torch.LongTensor:
         """(B, T) unit ids → (B, T) frames per unit, each >= 1."""
         if self.dur_predictor is None:
