@@ -56,9 +56,8 @@ class ApiKeys:
 
 
 # Browsers cannot set headers on a websocket. Besides ``?api_key=`` (which lands in access logs), a browser can
-# offer the key as a subprotocol next to REALTIME_SUBPROTOCOL, the one the server then selects:
-# ``new WebSocket(url, ["spiritserve.realtime.v1", "spiritserve.key." + KEY])``.
-REALTIME_SUBPROTOCOL = "spiritserve.realtime.v1"
+# offer the key as a subprotocol next to the realtime protocol's name (``realtime_protocol.PROTOCOL``), which
+# the server then selects: ``new WebSocket(url, ["spiritserve.realtime.v1", "spiritserve.key." + KEY])``.
 KEY_SUBPROTOCOL_PREFIX = "spiritserve.key."
 
 
@@ -67,9 +66,9 @@ def presented_key(headers: dict[str, str], query: dict[str, str]) -> str | None:
     authorization = headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
-    for offered in headers.get("sec-websocket-protocol", "").split(","):
-        if offered.strip().startswith(KEY_SUBPROTOCOL_PREFIX):
-            return offered.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
+    for offered in (protocol.strip() for protocol in headers.get("sec-websocket-protocol", "").split(",")):
+        if offered.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return offered.removeprefix(KEY_SUBPROTOCOL_PREFIX)
     return query.get("api_key")
 
 

@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import SamplingOptions, SpiritPipeline
-from spiritserve.server.admission import REALTIME_SUBPROTOCOL
 from spiritserve.server.audio_io import SAMPLE_RATE, decode_pcm16, encode_pcm16
 from spiritserve.server.realtime_protocol import (
     CLIENT_EVENTS,
@@ -303,7 +302,7 @@ async def realtime(websocket: WebSocket) -> None:
     settings = app.state.settings
     # Select our subprotocol when offered (browsers sending the key as one need an answer naming a protocol).
     offered = websocket.scope.get("subprotocols", [])
-    await websocket.accept(subprotocol=REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in offered else None)
+    await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     if pipeline is None or not pipeline.engine.is_healthy:
         await websocket.close(code=TRY_AGAIN_LATER, reason="the model is not loaded")
         return
