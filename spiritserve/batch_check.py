@@ -99,25 +99,11 @@ def _stream_all(vocoder: Any, requests: list[Any]) -> list[Any]:
     """All requests streamed at once, STREAM_STEP_UNITS units per stream per step, due chunks batched."""
     import numpy as np
 
-    from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
+    from spiritserve.vocoder.streaming import StreamFeed, StreamingDecoder, vocode_in_lockstep
 
     decoders = [StreamingDecoder(vocoder, request.speaker) for request in requests]
-    pieces: list[list[Any]] = [[] for _ in requests]
-    position = 0
-    while not all(decoder.finished for decoder in decoders):
-        active = [index for index, decoder in enumerate(decoders) if not decoder.finished]
-        for index in active:
-            request, span = requests[index], slice(position, position + STREAM_STEP_UNITS)
-            decoders[index].feed(
-                request.units[span],
-                request.pitch[span] if request.pitch else None,
-                request.style_units[span] if request.style_units else None,
-                final=position + STREAM_STEP_UNITS >= len(request.units),
-            )
-        for index, audio in zip(active, vocode_streams([decoders[index] for index in active]), strict=True):
-            pieces[index].append(audio)
-        position += STREAM_STEP_UNITS
-    return [np.concatenate(stream) for stream in pieces]
+    feeds = [StreamFeed(r.units, r.pitch, r.style_units, step_units=STREAM_STEP_UNITS) for r in requests]
+    return [np.concatenate(pieces) for pieces in vocode_in_lockstep(decoders, feeds)]
 
 
 def add_parser(commands: Any) -> None:

@@ -258,28 +258,20 @@ def build_hifigan(device: str, seconds: float, seed: int) -> Component:
 
 
 def build_hifigan_stream(device: str, seconds: float, seed: int) -> Component:
-    from spiritserve.vocoder.streaming import DEFAULT_CHUNK_UNITS, StreamingDecoder, vocode_streams
+    from spiritserve.vocoder.streaming import DEFAULT_CHUNK_UNITS, StreamFeed, StreamingDecoder, vocode_in_lockstep
 
     vocoder = _build_vocoder(device)
 
     def run(unit_lists: list[list[int]]) -> list[list[Any]]:
         """Every stream gets one unit per step (an engine step of concurrent requests); stream i starts
         i/batch of a chunk later than stream 0, as independent arrivals would, so chunks fall due out of
-        phase. Each step, the streams with a chunk due share one ``vocode_streams`` call."""
+        phase. Each step, the streams' due chunks share one ``vocode_streams`` call."""
         decoders = [StreamingDecoder(vocoder, VOCODER_SPEAKER, predict_durations=False) for _ in unit_lists]
-        offsets = [index * DEFAULT_CHUNK_UNITS // len(unit_lists) for index in range(len(unit_lists))]
-        audio: list[list[Any]] = [[] for _ in unit_lists]
-        for step in range(max(offsets) + max(map(len, unit_lists)) + 1):
-            due = []
-            for index, (decoder, units, offset) in enumerate(zip(decoders, unit_lists, offsets, strict=True)):
-                position = step - offset
-                if 0 <= position <= len(units) and not decoder.finished:
-                    decoder.feed(units[position : position + 1], final=position == len(units))
-                    if decoder.ready:
-                        due.append(index)
-            for index, chunk in zip(due, vocode_streams([decoders[index] for index in due]), strict=True):
-                audio[index].append(chunk)
-        return audio
+        feeds = [
+            StreamFeed(units, start_step=index * DEFAULT_CHUNK_UNITS // len(unit_lists))
+            for index, units in enumerate(unit_lists)
+        ]
+        return vocode_in_lockstep(decoders, feeds)
 
     return Component(
         name="hifigan_stream",

@@ -53,6 +53,8 @@ Pitch and style units (expressive vocoder) come one per unit, aligned with the u
 brought to one per unit by the caller (``repeat_to_length``), with ``predict_durations=False``.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -351,3 +353,41 @@ def vocode_streams(decoders: list[StreamingDecoder]) -> list[np.ndarray]:
         decoder.take(None if window is None else next(generated)) if is_ready else np.zeros(0, dtype=np.float32)
         for decoder, is_ready, window in zip(decoders, ready, windows, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class StreamFeed:
+    """What one stream receives in ``vocode_in_lockstep``: its units (with pitch and style units on the
+    expressive vocoder), ``step_units`` of them per step, from step ``start_step`` on."""
+
+    units: list[int]
+    pitch: list[int] | None = None
+    style_units: list[int] | None = None
+    step_units: int = 1
+    start_step: int = 0
+
+
+def vocode_in_lockstep(decoders: list[StreamingDecoder], feeds: list[StreamFeed]) -> list[list[np.ndarray]]:
+    """Concurrent streams as the server sees them: each step every started stream is fed its next units (the
+    last ones with ``final``), then all of them go through one ``vocode_streams`` call. Returns the audio
+    pieces of each stream (empty ones included); used by the benchmark and ``check-batching``."""
+    pieces: list[list[np.ndarray]] = [[] for _ in decoders]
+    step = 0
+    while not all(decoder.finished for decoder in decoders):
+        fed = []
+        for index, (decoder, feed) in enumerate(zip(decoders, feeds, strict=True)):
+            position = (step - feed.start_step) * feed.step_units
+            if decoder.finished or position < 0:
+                continue
+            span = slice(position, position + feed.step_units)
+            decoder.feed(
+                feed.units[span],
+                feed.pitch[span] if feed.pitch else None,
+                feed.style_units[span] if feed.style_units else None,
+                final=position + feed.step_units >= len(feed.units),
+            )
+            fed.append(index)
+        for index, audio in zip(fed, vocode_streams([decoders[index] for index in fed]), strict=True):
+            pieces[index].append(audio)
+        step += 1
+    return pieces

@@ -1,5 +1,6 @@
 """Streaming vocoding equals offline vocoding: same samples (within float rounding), same length, same durations."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder, write_tiny_expressive_vocoder
-from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
+from spiritserve.vocoder.streaming import StreamFeed, StreamingDecoder, vocode_in_lockstep
 from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
 
 _rng = np.random.default_rng(7)
@@ -226,26 +227,16 @@ def test_concurrent_streams_share_forwards_and_each_equals_its_offline_decode(na
     expressive = name == "expressive"
     # (units, speaker, step); the first and last have the same durations, so their chunks are due together
     specs = [(UNITS, 1, 1), (UNITS[5:45], 0, 3), (UNITS[::-1][:23], 2, 7), (UNITS, 3, 1)]
+    feeds = [StreamFeed(units, step_units=step) for units, _, step in specs]
+    if expressive:  # one pitch and one style unit per unit
+        feeds = [replace(feed, pitch=PITCH[: len(feed.units)], style_units=STYLE[: len(feed.units)]) for feed in feeds]
     decoders = [StreamingDecoder(vocoder, speaker, chunk_units=12) for _, speaker, _ in specs]
     offline = [
-        vocoder.decode(units, speaker=speaker, **({"pitch": PITCH[: len(units)], "style_units": STYLE[: len(units)]}
-                                                   if expressive else {}))
-        for units, speaker, _ in specs
-    ]  # fmt: skip
+        vocoder.decode(feed.units, speaker=speaker, pitch=feed.pitch, style_units=feed.style_units)
+        for feed, (_, speaker, _) in zip(feeds, specs, strict=True)
+    ]
     sizes = _count_forwards(monkeypatch, vocoder)
-    pieces: list[list[np.ndarray]] = [[] for _ in specs]
-    fed = [0] * len(specs)
-    while not all(decoder.finished for decoder in decoders):
-        active = [index for index, decoder in enumerate(decoders) if not decoder.finished]
-        for index in active:
-            units, _, step = specs[index]
-            chunk = slice(fed[index], fed[index] + step)
-            streams = {"pitch": PITCH[: len(units)][chunk], "style_units": STYLE[: len(units)][chunk]}
-            streams = streams if expressive else {}
-            decoders[index].feed(units[chunk], **streams, final=fed[index] + step >= len(units))
-            fed[index] += step
-        for index, audio in zip(active, vocode_streams([decoders[index] for index in active]), strict=True):
-            pieces[index].append(audio)
+    pieces = vocode_in_lockstep(decoders, feeds)
 
     for decoder, stream_pieces, reference in zip(decoders, pieces, offline, strict=True):
         assert decoder.durations == reference.durations
