@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_AUDIO_TOLERANCE = 1e-4  # fp32; the tests see < 1e-5 on CPU
 STREAM_STEP_UNITS = 3  # units fed per stream per step, as a few engine steps would
-PITCH_RATIO, STYLE_RATIO = 2, 25  # 25 Hz units per pitch unit (12.5 Hz) and per style unit (1 Hz)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -40,15 +39,18 @@ def _run(args: argparse.Namespace) -> None:
     tokenize_s = time.perf_counter() - started
 
     vocoder = UnitVocoder.from_dir(checkpoint.vocoder_dir, device)
-    if vocoder.is_expressive:
-        # one pitch and style unit per HuBERT unit, as parse-back gives them (raw streams repeated to length)
-        requests = [
-            VocodeRequest(u.hubert, vocoder.default_speaker, pitch=_per_unit(u.pitch, PITCH_RATIO, len(u.hubert)),
-                          style_units=_per_unit(u.style, STYLE_RATIO, len(u.hubert)))
-            for u in alone
-        ]  # fmt: skip
-    else:
-        requests = [VocodeRequest(u.hubert, vocoder.default_speaker) for u in alone]
+    # expressive: one pitch and style unit per HuBERT unit, as parse-back gives them (raw streams repeated to
+    # length); the base variant's units have no pitch or style, so they stay None
+    config = vocoder.model.config
+    requests = [
+        VocodeRequest(
+            u.hubert,
+            vocoder.default_speaker,
+            pitch=_per_unit(u.pitch, config.hubert_to_f0, len(u.hubert)),
+            style_units=_per_unit(u.style, config.hubert_to_style, len(u.hubert)),
+        )
+        for u in alone
+    ]
     started = time.perf_counter()
     offline = [vocoder.decode(r.units, r.speaker, pitch=r.pitch, style_units=r.style_units) for r in requests]
     batched = decode_batch(vocoder, requests)
@@ -56,14 +58,13 @@ def _run(args: argparse.Namespace) -> None:
     vocode_s = time.perf_counter() - started
 
     def max_difference(candidates: list[Any]) -> float:
-        return (
-            max(
-                (float(np.abs(a.audio - b).max()) if len(a.audio) == len(b) else float("inf"))
+        """Largest sample difference from the one-by-one decode over all clips; a length mismatch is inf."""
+        return max(
+            (
+                float(np.abs(a.audio - b).max(initial=0.0)) if len(a.audio) == len(b) else float("inf")
                 for a, b in zip(offline, candidates, strict=True)
-                if len(a.audio)
-            )
-            if any(len(a.audio) for a in offline)
-            else 0.0
+            ),
+            default=0.0,
         )
 
     report = {
