@@ -27,11 +27,7 @@ from spiritserve.engine.language_model import (
     write_tiny_language_model,
 )
 from spiritserve.errors import CheckpointError
-from spiritserve.tokenizers.phonetic import write_tiny_phonetic_tokenizer
-from spiritserve.tokenizers.pitch import write_tiny_pitch_tokenizer
-from spiritserve.tokenizers.style import write_tiny_style_tokenizer
 from spiritserve.tokens import UnitKind
-from spiritserve.vocoder.base import write_tiny_base_vocoder, write_tiny_expressive_vocoder
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +131,12 @@ def _llama_layout_tokenizer() -> Path:
 
 def make_tiny_bundle(root: Path, variant: Variant = "base", seed: int = 0) -> None:
     """Write a complete bundle of one variant with tiny random weights, file for file in the official layout."""
+    # Imported here: the stage modules pull in transformers, and opening a root must stay fast (start-up checks).
+    from spiritserve.tokenizers.phonetic import write_tiny_phonetic_tokenizer
+    from spiritserve.tokenizers.pitch import write_tiny_pitch_tokenizer
+    from spiritserve.tokenizers.style import write_tiny_style_tokenizer
+    from spiritserve.vocoder.base import write_tiny_base_vocoder, write_tiny_expressive_vocoder
+
     write_tiny_phonetic_tokenizer(root / HUBERT_DIR, seed=seed)
     if variant == "expressive":
         write_tiny_pitch_tokenizer(root / PITCH_DIR, seed=seed)

@@ -6,6 +6,7 @@ Import-safe: vLLM spawns worker processes that re-import the main module, so not
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from spiritserve import batch_check, bench, chat, precision
@@ -14,15 +15,23 @@ from spiritserve import batch_check, bench, chat, precision
 def _serve(args: argparse.Namespace) -> None:
     # Everything is loaded from the checkpoint root; transformers must never try a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import uvicorn
-
-    from spiritserve.server.app import build_app
-    from spiritserve.server.drain import DrainingServer
+    from spiritserve.errors import CheckpointError
+    from spiritserve.preflight import prepare_checkpoint
     from spiritserve.settings import Settings
 
     flags = ("checkpoints", "variant", "host", "port")
     settings = Settings(**{key: value for key, value in vars(args).items() if key in flags and value})
-    app = build_app(settings)
+    try:  # before the server, its imports and the engine: a broken root is reported in seconds
+        checkpoint = prepare_checkpoint(settings)
+    except CheckpointError as exc:
+        sys.exit(f"spiritserve serve: {exc}")
+
+    import uvicorn
+
+    from spiritserve.server.app import build_app
+    from spiritserve.server.drain import DrainingServer
+
+    app = build_app(settings, checkpoint)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="speech stages' device; auto: CUDA if any")
+    strict_config: bool = Field(
+        False, description="refuse unknown keys in the checkpoint's config files (default: log them and go on)"
+    )
     speech_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="speech encoders' precision; reduce only where check-precision shows >= 99.5%"
     )

@@ -5,7 +5,11 @@ checks, so a wrong checkpoint fails with the file and the offending keys named i
 silently random weights (the reference loads HuBERT with ``strict=False``).
 """
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spiritserve.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -62,11 +68,38 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor
     module.load_state_dict(state_dict, strict=True)
 
 
-def reject_unknown_keys(config: dict[str, Any], known: set[str], source: Path) -> None:
-    """Architecture configs are closed: an unknown key means a format we have not read."""
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise CheckpointError(f"{source}: unknown config keys {unknown}")
+_strict_config: ContextVar[bool] = ContextVar("strict_config", default=False)
+_reported_unknown_keys: set[tuple[str, str, tuple[str, ...]]] = set()
+
+
+@contextmanager
+def config_key_policy(strict: bool) -> Iterator[None]:
+    """Within this block (and threads started from it), unknown config keys are errors when ``strict``."""
+    token = _strict_config.set(strict)
+    try:
+        yield
+    finally:
+        _strict_config.reset(token)
+
+
+def check_unknown_keys(config: dict[str, Any], known: set[str], source: Path, section: str = "") -> None:
+    """Warn once about config keys we do not read; refuse them only under ``SPIRITSERVE_STRICT_CONFIG``.
+
+    Why not refuse by default: the released configs were written by training code of several versions, and
+    one harmless extra key would stop the server on the very files users bring. The architecture is guarded
+    anyway: a key that changed it shows up as missing, unexpected or mis-shaped weights in the strict load.
+    Keys that select a path we do not implement are known keys, refused by the parsers that read them.
+    """
+    unknown = tuple(sorted(set(config) - known))
+    if not unknown:
+        return
+    where = f"{source}" + (f" ({section})" if section else "")
+    if _strict_config.get():
+        raise CheckpointError(f"{where}: unknown config keys {list(unknown)} (SPIRITSERVE_STRICT_CONFIG is on)")
+    report = (str(source), section, unknown)
+    if report not in _reported_unknown_keys:
+        _reported_unknown_keys.add(report)
+        logger.warning("%s: ignoring unknown config keys %s", where, list(unknown))
 
 
 def legacy_weight_norm(module: nn.Module, dim: int = 0) -> nn.Module:

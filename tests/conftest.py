@@ -31,6 +31,14 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_expressive_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only for tests: copy it before changing anything."""
+    root = tmp_path_factory.mktemp("expressive-checkpoints")
+    make_tiny_bundle(root, variant="expressive")
+    return root
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

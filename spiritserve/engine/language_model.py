@@ -29,7 +29,12 @@ class LanguageModelFolder:
     path: Path
     vocab_size: int
     max_position_embeddings: int
+    head_size: int  # what vLLM's attention kernels are compiled for (Llama-2-7B: 4096 / 32 = 128)
     tokenizer: SpiritTextTokenizer
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
 
     @property
     def variant(self) -> str:
@@ -50,7 +55,7 @@ def open_language_model(path: Path) -> LanguageModelFolder:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise CheckpointError(f"{path}: no weights; expected one of {list(WEIGHT_FILES)}")
     tokenizer = SpiritTextTokenizer(path / "tokenizer.model")
-    vocab_size = int(config["vocab_size"])
+    vocab_size = _positive_int(config, "vocab_size", config_path)
     if vocab_size < tokenizer.vocab_size:
         raise CheckpointError(
             f"{config_path}: vocab_size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} pieces"
@@ -58,9 +63,30 @@ def open_language_model(path: Path) -> LanguageModelFolder:
     return LanguageModelFolder(
         path=path,
         vocab_size=vocab_size,
-        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        max_position_embeddings=_positive_int(config, "max_position_embeddings", config_path, default=4096),
+        head_size=_head_size(config, config_path),
         tokenizer=tokenizer,
     )
+
+
+def _positive_int(config: dict, key: str, config_path: Path, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if type(value) is not int or value < 1:
+        raise CheckpointError(f"{config_path}: {key} must be a positive integer, found {value!r}")
+    return value
+
+
+def _head_size(config: dict, config_path: Path) -> int:
+    """``head_dim`` where the config sets it, else hidden_size / num_attention_heads (transformers' rule)."""
+    if config.get("head_dim") is not None:
+        return _positive_int(config, "head_dim", config_path)
+    hidden_size = _positive_int(config, "hidden_size", config_path)
+    heads = _positive_int(config, "num_attention_heads", config_path)
+    if hidden_size % heads:
+        raise CheckpointError(
+            f"{config_path}: hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}"
+        )
+    return hidden_size // heads
 
 
 def _tiny_llama_config(vocab_size: int) -> dict:

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spiritserve import __version__
-from spiritserve.checkpoints import ensure_embedded_default, open_checkpoint, resolve_root
+from spiritserve.checkpoints import SpiritCheckpoint
 from spiritserve.engine.engine import LanguageModelEngine
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
@@ -33,6 +33,7 @@ from spiritserve.server.web import static_files
 from spiritserve.settings import Settings
 from spiritserve.tokenizers.speech import SpeechTokenizer
 from spiritserve.vocoder.base import UnitVocoder
+from spiritserve.weights import config_key_policy
 
 logger = logging.getLogger(__name__)
 
@@ -43,26 +44,23 @@ def _speech_device(settings: Settings) -> str:
     return settings.device
 
 
-async def load_pipeline(settings: Settings, metrics: ServiceMetrics) -> SpiritPipeline:
-    root, is_embedded_default = resolve_root(settings.checkpoints)
-    if is_embedded_default:
-        await asyncio.to_thread(ensure_embedded_default, root)
-    checkpoint = open_checkpoint(root, settings.variant)
+async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metrics: ServiceMetrics) -> SpiritPipeline:
+    """Load the speech stages and start the engine for a checkpoint that passed `prepare_checkpoint`."""
     device = _speech_device(settings)
     logger.info(
         "serving %s (%s variant) from %s; speech stages on %s",
         checkpoint.language_model.path.name,
         checkpoint.variant,
-        root,
+        checkpoint.root,
         device,
     )
-    speech_tokenizer = await asyncio.to_thread(
-        SpeechTokenizer.from_checkpoint, checkpoint, device, getattr(torch, settings.speech_dtype)
-    )
-    vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
-    engine = LanguageModelEngine.start(
-        checkpoint.language_model.path, settings.engine_settings(on_cpu=not torch.cuda.is_available())
-    )
+    engine_on_cpu = not torch.cuda.is_available()
+    with config_key_policy(strict=settings.strict_config):
+        speech_tokenizer = await asyncio.to_thread(
+            SpeechTokenizer.from_checkpoint, checkpoint, device, getattr(torch, settings.speech_dtype)
+        )
+        vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
+    engine = LanguageModelEngine.start(checkpoint.language_model.path, settings.engine_settings(on_cpu=engine_on_cpu))
     limits = PipelineLimits(
         default_speech_seconds=settings.default_speech_seconds,
         max_speech_seconds=settings.max_speech_seconds,
@@ -111,13 +109,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return Response(status_code=499)  # nobody reads it; logged and counted like nginx does
 
 
-def build_app(settings: Settings) -> FastAPI:
+def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     admission = Admission(settings.max_in_flight)
     metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pipeline = await load_pipeline(settings, metrics)
+        pipeline = await load_pipeline(settings, checkpoint, metrics)
         try:
             await pipeline.warm_up()
             app.state.pipeline = pipeline

@@ -23,11 +23,12 @@ from torch import Tensor, nn
 
 from spiritserve.errors import BadAudioError, CheckpointError
 from spiritserve.weights import (
+    check_unknown_keys,
+    config_key_policy,
     fold_weight_norm,
     legacy_weight_norm,
     load_state_dict_strict,
     read_checkpoint,
-    reject_unknown_keys,
     require_keys,
 )
 
@@ -88,10 +89,13 @@ class FCPEConfig:
             isinstance(config, dict) and isinstance(config.get("mel"), dict) and isinstance(config.get("model"), dict)
         ):
             raise CheckpointError(f"{source}: config_dict must be a dict with 'mel' and 'model' sections")
-        reject_unknown_keys(config, CONFIG_SECTIONS, source)
         mel, model = config["mel"], config["model"]
-        reject_unknown_keys(mel, MEL_KEYS, source)
-        reject_unknown_keys(model, MODEL_KEYS, source)
+        # torchfcpe's bundled asset is pinned, not a user's file: a key we do not read is an unreviewed change
+        # (e.g. mel.center would shift every frame), so here unknown keys are always refused.
+        with config_key_policy(strict=True):
+            check_unknown_keys(config, CONFIG_SECTIONS, source)
+            check_unknown_keys(mel, MEL_KEYS, source, "mel")
+            check_unknown_keys(model, MODEL_KEYS, source, "model")
         unsupported = {
             "mel.type": str(mel.get("type", "default")).lower() not in ("default", "none"),
             "model.type": model.get("type") != "CFNaiveMelPE",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spiritserve.errors import CheckpointError
-from spiritserve.weights import legacy_weight_norm, reject_unknown_keys
+from spiritserve.weights import check_unknown_keys, legacy_weight_norm
 
 # Every field of fairseq's HubertConfig (plus the ``_name`` its dataclasses carry), in any fairseq version
 # we know of. Those not read by ``HubertConfig.from_model_cfg`` only matter for training (dropout, masking,
@@ -95,10 +95,10 @@ class HubertConfig:
 
     @classmethod
     def from_model_cfg(cls, model_cfg: Any, source: Path) -> "HubertConfig":
-        """Build from a checkpoint's ``model_cfg`` dict; unknown keys and unsupported variants are errors."""
+        """Build from a checkpoint's ``model_cfg`` dict; unsupported variants are errors, unknown keys warnings."""
         if not isinstance(model_cfg, dict):
             raise CheckpointError(f"{source}: model_cfg must be a dict, found {type(model_cfg).__name__}")
-        reject_unknown_keys(model_cfg, FAIRSEQ_HUBERT_KEYS, source)
+        check_unknown_keys(model_cfg, FAIRSEQ_HUBERT_KEYS, source, "model_cfg")
 
         # Variants with other layers or key names; fail rather than load something we do not run.
         supported = {

@@ -66,18 +66,14 @@ class PhoneticTokenizer:
         load_state_dict_strict(hubert, weights, hubert_path)
 
         quantizer_path = hubert_dir / QUANTIZER_FILE
-        checkpoint = read_checkpoint(quantizer_path)
-        require_keys(checkpoint, ["model_cfg", "model_weight"], quantizer_path)
-        quantizer_config = QuantizerConfig.from_model_cfg(checkpoint["model_cfg"], quantizer_path)
+        quantizer_config, quantizer_weights = read_quantizer(hubert_dir)
         if quantizer_config.dim != hubert.config.encoder_embed_dim:
             raise CheckpointError(
                 f"{quantizer_path}: quantizer dim {quantizer_config.dim} does not match "
                 f"encoder_embed_dim {hubert.config.encoder_embed_dim} of {hubert_path}"
             )
-        if not isinstance(checkpoint["model_weight"], dict):
-            raise CheckpointError(f"{quantizer_path}: model_weight must be a state dict")
         quantizer = LinearQuantizer(quantizer_config)
-        load_state_dict_strict(quantizer, checkpoint["model_weight"], quantizer_path)
+        load_state_dict_strict(quantizer, quantizer_weights, quantizer_path)
         return cls(hubert, quantizer, normalize=normalize, device=device)
 
     @property
@@ -121,6 +117,17 @@ class PhoneticTokenizer:
         features, frame_padding_mask = self.hubert.extract_features(waveforms, padding_mask, OUTPUT_LAYER)
         frame_counts = (~frame_padding_mask).sum(dim=1).tolist()
         return [self.quantizer.units(features[row, :count]).tolist() for row, count in enumerate(frame_counts)]
+
+
+def read_quantizer(hubert_dir: Path) -> tuple[QuantizerConfig, dict]:
+    """``L11_quantizer_500.pt``'s config and state dict (a small file: the start-up checks read it first)."""
+    quantizer_path = hubert_dir / QUANTIZER_FILE
+    checkpoint = read_checkpoint(quantizer_path)
+    require_keys(checkpoint, ["model_cfg", "model_weight"], quantizer_path)
+    config = QuantizerConfig.from_model_cfg(checkpoint["model_cfg"], quantizer_path)
+    if not isinstance(checkpoint["model_weight"], dict):
+        raise CheckpointError(f"{quantizer_path}: model_weight must be a state dict")
+    return config, checkpoint["model_weight"]
 
 
 def write_tiny_phonetic_tokenizer(hubert_dir: Path, seed: int = 0) -> None:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from spiritserve.errors import CheckpointError
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, padded_batches, split_into_chunks
 from spiritserve.tokenizers.fcpe import F0Extractor
-from spiritserve.weights import load_state_dict_strict, read_checkpoint, reject_unknown_keys, require_keys
+from spiritserve.weights import check_unknown_keys, load_state_dict_strict, read_checkpoint, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class ConvStackConfig:
     def from_params(cls, params: Any, name: str, source: Path) -> "ConvStackConfig":
         if not isinstance(params, dict):
             raise CheckpointError(f"{source}: {name} must be a mapping, found {type(params).__name__}")
-        reject_unknown_keys(
-            params, CONV_STACK_KEYS | ({"checkpoint_res"} if name == "decoder_params" else set()), source
+        check_unknown_keys(
+            params, CONV_STACK_KEYS | ({"checkpoint_res"} if name == "decoder_params" else set()), source, name
         )
         if params.get("checkpoint_res"):
             raise CheckpointError(f"{source}: {name}.checkpoint_res is not supported (the reference raises on it too)")
@@ -133,7 +133,7 @@ class VQVAEConfig:
             raise CheckpointError(f"cannot parse {path}: {exc}") from exc
         if not isinstance(config, dict):
             raise CheckpointError(f"{path}: expected a mapping at the top level, found {type(config).__name__}")
-        reject_unknown_keys(config, TOP_LEVEL_KEYS, path)
+        check_unknown_keys(config, TOP_LEVEL_KEYS, path)
         require_keys(config, ["encoder_params", "vq_params", "decoder_params", "features"], path)
         if config["features"] not in FEATURES:
             raise CheckpointError(f"{path}: features {config['features']!r} is not one of {list(FEATURES)}")
@@ -148,7 +148,7 @@ class VQVAEConfig:
         vq = config["vq_params"]
         if not isinstance(vq, dict):
             raise CheckpointError(f"{path}: vq_params must be a mapping, found {type(vq).__name__}")
-        reject_unknown_keys(vq, VQ_KEYS, path)
+        check_unknown_keys(vq, VQ_KEYS, path, "vq_params")
         if vq.get("levels") != 1:
             raise CheckpointError(f"{path}: vq_params.levels must be 1, found {vq.get('levels')!r}")
         for key in ("l_bins", "emb_width"):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from spiritserve.errors import CheckpointError
-from spiritserve.weights import reject_unknown_keys
+from spiritserve.weights import check_unknown_keys
 
 MAX_BLANK_FILL_ITERATIONS = 10_000  # the reference's safety cap
 
@@ -27,11 +27,11 @@ class QuantizerConfig:
     def from_model_cfg(cls, model_cfg: Any, source: Path) -> "QuantizerConfig":
         if not isinstance(model_cfg, dict):
             raise CheckpointError(f"{source}: model_cfg must be a dict, found {type(model_cfg).__name__}")
-        reject_unknown_keys(model_cfg, {"vocab_size", "dim", "upstream_dim"}, source)
+        check_unknown_keys(model_cfg, {"vocab_size", "dim", "upstream_dim"}, source, "model_cfg")
         for key in ("vocab_size", "dim", "upstream_dim"):
             if type(model_cfg.get(key)) is not int or model_cfg[key] < 1:
                 raise CheckpointError(f"{source}: model_cfg {key} must be a positive int, found {model_cfg.get(key)!r}")
-        config = cls(**model_cfg)
+        config = cls(model_cfg["vocab_size"], model_cfg["dim"], model_cfg["upstream_dim"])
         if min(config.layer_sizes) < 1:
             raise CheckpointError(
                 f"{source}: model_cfg {model_cfg} gives non-positive layer sizes {config.layer_sizes}"

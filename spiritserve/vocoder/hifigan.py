@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spiritserve.errors import CheckpointError
-from spiritserve.weights import legacy_weight_norm, reject_unknown_keys
+from spiritserve.weights import check_unknown_keys, legacy_weight_norm
 
 LRELU_SLOPE = 0.1
 
@@ -87,7 +87,7 @@ class HifiGanConfig:
         if not isinstance(raw, dict):
             raise CheckpointError(f"{source}: expected a JSON object, found {type(raw).__name__}")
         fields = set(cls.__dataclass_fields__)
-        reject_unknown_keys(raw, fields | _TRAINING_KEYS | _UNUSED_PATH_KEYS, source)
+        check_unknown_keys(raw, fields | _TRAINING_KEYS | _UNUSED_PATH_KEYS, source)
         enabled = [key for key in ("f0", "f0_quant_num_bin", "embedder_params") if raw.get(key)]
         if enabled:
             raise CheckpointError(f"{source}: unsupported vocoder inputs enabled: {enabled}")
@@ -104,8 +104,10 @@ class HifiGanConfig:
                 values[key] = bool(values.get(key))
             if values.get("dur_predictor_params"):
                 params = values["dur_predictor_params"]
-                reject_unknown_keys(params, _DURATION_KEYS, source)
-                values["dur_predictor_params"] = DurationPredictorConfig(**params)
+                check_unknown_keys(params, _DURATION_KEYS, source, "dur_predictor_params")
+                values["dur_predictor_params"] = DurationPredictorConfig(
+                    **{key: params[key] for key in _DURATION_KEYS if key in params}
+                )
             else:
                 values["dur_predictor_params"] = None
             config = cls(**values)

@@ -180,7 +180,6 @@ def test_missing_top_level_key_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model_cfg", "complaint"),
     [
-        ({"conv_feature_layers": OFFICIAL_CONV, "encoder_flux": 3}, "encoder_flux"),
         ({"conv_feature_layers": OFFICIAL_CONV, "extractor_mode": "layer_norm"}, "extractor_mode"),
         ({"conv_feature_layers": OFFICIAL_CONV, "layer_norm_first": True}, "layer_norm_first"),
         ({"conv_feature_layers": "__import__('os').getcwd()"}, "conv_feature_layers"),
@@ -188,14 +187,9 @@ def test_missing_top_level_key_is_an_error(tmp_path: Path) -> None:
         ({"conv_feature_layers": OFFICIAL_CONV, "encoder_layers": "12"}, "encoder_layers"),
     ],
 )
-def test_unknown_or_unsupported_model_cfg_is_rejected(model_cfg: dict, complaint: str) -> None:
+def test_unsupported_model_cfg_is_rejected(model_cfg: dict, complaint: str) -> None:
     with pytest.raises(CheckpointError, match=complaint):
         HubertConfig.from_model_cfg(model_cfg, SOURCE)
-
-
-def test_quantizer_cfg_is_closed() -> None:
-    with pytest.raises(CheckpointError, match="codebooks"):
-        QuantizerConfig.from_model_cfg({"vocab_size": 500, "dim": 768, "upstream_dim": 768, "codebooks": 2}, SOURCE)
 
 
 def test_pos_conv_weight_norm_matches_torch_weight_norm_dim_2_and_folds_to_the_same_conv() -> None:
