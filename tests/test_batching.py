@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import soxr
 
 from spiritserve.batching import BatchStats, MicroBatcher
 from spiritserve.checkpoints import HUBERT_DIR
 from spiritserve.errors import BadAudioError
+from spiritserve.resample import resample
 from spiritserve.tokenizers.phonetic import PhoneticTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -27,8 +27,8 @@ def clips() -> list[np.ndarray]:
     """Real speech of different lengths (each fixture, cut at several points)."""
     waveforms = []
     for path in sorted(FIXTURES.glob("*.wav")) + sorted(FIXTURES.glob("*.flac")):
-        audio, rate = soundfile.read(path, dtype="float32")
-        audio = soxr.resample(audio, rate, 16000).astype(np.float32)
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (frames, channels)
+        audio = resample(audio.T, rate).mean(axis=0)
         waveforms += [audio, audio[: len(audio) // 2], audio[: len(audio) // 3 + 777]]
     return waveforms
 

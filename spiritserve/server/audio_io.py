@@ -1,8 +1,9 @@
 """Audio bytes in any common container → 16 kHz mono float32, and float audio → WAV bytes.
 
 soundfile (libsndfile) reads WAV/FLAC/OGG-Vorbis directly; anything else (MP3, Opus, M4A, WebM) goes
-through PyAV's FFmpeg. Channels are averaged as the reference does; soxr resamples. Limits are enforced
-while decoding, so an hour-long upload is refused without being decoded whole.
+through PyAV's FFmpeg. As the reference does, each channel is resampled to 16 kHz with its resampler
+(`spiritserve.resample`, torchaudio's algorithm) and the channels are then averaged; 16 kHz audio is not
+resampled. Limits are enforced while decoding, so an hour-long upload is refused without being decoded whole.
 """
 
 import io
@@ -10,9 +11,9 @@ import io
 import av
 import numpy as np
 import soundfile
-import soxr
 
 from spiritserve.errors import AudioTooLongError, BadAudioError
+from spiritserve.resample import resample
 
 SAMPLE_RATE = 16_000
 # Raw little-endian 16-bit mono PCM (audio/L16 would mean big-endian, RFC 2586).
@@ -22,6 +23,7 @@ MIN_SAMPLES = 1_280  # 80 ms: the reference drops shorter chunks, so they would 
 
 
 def _decode_with_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray, int] | None:
+    """(channels, samples) float32 and the rate, or None when libsndfile does not know the format."""
     try:
         info = soundfile.info(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
@@ -29,23 +31,26 @@ def _decode_with_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray,
     if info.frames / info.samplerate > max_seconds:
         raise AudioTooLongError(f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s")
     audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
-    return audio.mean(axis=1), rate
+    return audio.T, rate
 
 
 def _decode_with_pyav(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    """(channels, samples) float32 and the rate."""
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise BadAudioError("the upload has no audio stream")
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate or stream.rate
-            # Planar float keeps every channel separate; we average them ourselves like the soundfile path.
+            # Planar float keeps every channel separate (converts the sample format only, not the rate).
             resampler = av.AudioResampler(format="fltp", rate=rate)
             pieces, total = [], 0
             for frame in container.decode(stream):
                 for converted in resampler.resample(frame):
                     planes = converted.to_ndarray()  # (channels, samples)
-                    pieces.append(planes.mean(axis=0))
+                    if pieces and len(planes) != len(pieces[0]):
+                        raise BadAudioError("the number of channels changes within the audio stream")
+                    pieces.append(planes)
                     total += planes.shape[1]
                 if total > max_seconds * rate:
                     raise AudioTooLongError(f"audio is longer than the limit of {max_seconds:g} s")
@@ -53,19 +58,19 @@ def _decode_with_pyav(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]
         raise BadAudioError(f"could not decode the upload as audio ({exc})") from exc
     if not pieces:
         raise BadAudioError("the audio stream holds no samples")
-    return np.concatenate(pieces).astype(np.float32), rate
+    return np.concatenate(pieces, axis=1).astype(np.float32, copy=False), rate
 
 
 def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
-    """Decode, mix to mono and resample to 16 kHz. Raises BadAudioError / AudioTooLongError with reasons."""
+    """Decode, resample each channel to 16 kHz, then mix to mono (the reference's order).
+    Raises BadAudioError / AudioTooLongError with reasons."""
     if not data:
         raise BadAudioError("the audio upload is empty")
     decoded = _decode_with_soundfile(data, max_seconds) or _decode_with_pyav(data, max_seconds)
-    audio, rate = decoded
-    if not np.isfinite(audio).all():
+    channels, rate = decoded  # (channels, samples)
+    if not np.isfinite(channels).all():
         raise BadAudioError("the audio contains NaN or infinite samples")
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    audio = resample(channels, rate, SAMPLE_RATE).mean(axis=0)  # a 16 kHz input is only averaged
     if len(audio) < MIN_SAMPLES:
         raise BadAudioError(
             f"audio is {1000 * len(audio) / SAMPLE_RATE:.0f} ms long; at least {1000 * MIN_SAMPLES // SAMPLE_RATE} ms "

@@ -17,12 +17,12 @@ import uuid
 from typing import Literal
 
 import numpy as np
-import soxr
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import SamplingOptions, SpiritPipeline
+from spiritserve.resample import resample
 from spiritserve.server.audio_io import SAMPLE_RATE, decode_pcm16, encode_pcm16
 from spiritserve.server.realtime_protocol import (
     CLIENT_EVENTS,
@@ -195,8 +195,8 @@ class RealtimeSession:
         await self._cancel_response()  # a new user turn interrupts the model
         samples = decode_pcm16(bytes(self.buffer))
         self.buffer.clear()
-        if self.config.input_sample_rate != SAMPLE_RATE:
-            samples = soxr.resample(samples, self.config.input_sample_rate, SAMPLE_RATE).astype(np.float32)
+        # The whole turn at once, as REST resamples a whole upload (per-chunk resampling would differ at the seams).
+        samples = await asyncio.to_thread(resample, samples, self.config.input_sample_rate, SAMPLE_RATE)
         units = await self.pipeline.tokenize(samples)  # BadAudioError (too short) → error event
         item_id = f"item_{uuid.uuid4().hex[:16]}"
         self.context.append(PromptSegment(Modality.SPEECH, units.to_string()))
