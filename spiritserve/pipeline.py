@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 
@@ -107,6 +108,7 @@ class SpeechDelta:
 
     tokens: str
     audio: np.ndarray
+    spoken: str | None = None  # last step only: the unit tokens the whole answer says (a budget may cut some)
 
 
 # Streaming expressive speech holds Hu units until the first Pi and St arrive, at most this many (1 s).
@@ -173,9 +175,11 @@ class SpiritPipeline:
         speaker: int | None,
         style: int | None = None,
         predict_durations: bool = True,
+        durations: list[int] | None = None,
     ) -> VocoderOutput:
         """Vocode units. For the expressive vocoder, pitch and style are either one per Hu unit (LM output)
-        or raw 12.5 Hz / 1 Hz streams (resynthesis of undeduplicated units); the vocoder tells them apart."""
+        or raw 12.5 Hz / 1 Hz streams (resynthesis of undeduplicated units); the vocoder tells them apart.
+        ``durations``: frames per unit already fixed (a speech budget's cut), instead of predicting them."""
         request = VocodeRequest(
             units=units.hubert,
             speaker=self.vocoder.default_speaker if speaker is None else speaker,
@@ -183,6 +187,7 @@ class SpiritPipeline:
             predict_durations=predict_durations,
             pitch=units.pitch or None,
             style_units=units.style or None,
+            durations=durations,
         )
         try:
             return await self._vocode_batcher.submit(request)
@@ -288,16 +293,34 @@ class SpiritPipeline:
         """Any-to-any generation as the reference's `Spiritlm.generate`, served through vLLM."""
         request_id = request_id or uuid.uuid4().hex
         request = await self.prepare(inputs, output, options)
+        # Speech stops once the predicted durations of what was generated fill the budget (the token budget
+        # only bounds it from above: deduplicated units last 40 ms or more each).
+        clock = None if output == OutputModality.TEXT else self._streaming_decoder(options)
+        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
+        max_frames = self._speech_frame_budget(options)
         generated: list[int] = []
         finish_reason = "length"
-        async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
-            generated.extend(delta.token_ids)
-            finish_reason = delta.finish_reason or finish_reason
+        full = False
+        stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
+        async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
+            async for delta in deltas:
+                generated.extend(delta.token_ids)
+                finish_reason = delta.finish_reason or finish_reason
+                if clock is not None:
+                    units = [token_id for token_id in delta.token_ids if self.tokenizer.classify(token_id).unit_kind]
+                    full = await self._fill(clock, aligner.push("".join(self.tokenizer.pieces(units))), max_frames)
+                    if full:
+                        finish_reason = "length"
+                        break
+        durations = None  # predicted by the vocoder, unless the budget cut the units
+        if clock is not None and (full or await self._fill(clock, aligner.finish(), max_frames, final=True)):
+            durations = clock.durations
+            generated = self._first_units(generated, len(durations))
         output_segments = self._split_output(generated, output)
         speech = self.align("".join(segment.tokens for segment in output_segments), options.seed)
         audio = None
         if output != OutputModality.TEXT:
-            audio = await self.synthesize(speech, options.speaker, options.style)
+            audio = await self.synthesize(speech, options.speaker, options.style, durations=durations)
         logger.info(
             "request %s: %d prompt tokens, %d generated, finish=%s",
             request_id,
@@ -316,30 +339,78 @@ class SpiritPipeline:
         the first audio leaves after about ten units, not after the whole generation; chunks of concurrent
         streams go through one micro-batcher. Abandoning the iterator (client gone) aborts the engine request.
         """
+        decoder = self._streaming_decoder(options)
+        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
+        return self._stream_speech(request, decoder, aligner, options, request_id or uuid.uuid4().hex)
+
+    def _streaming_decoder(self, options: SamplingOptions) -> StreamingDecoder:
         speaker = self.vocoder.default_speaker if options.speaker is None else options.speaker
         try:  # checks speaker and style now, while the caller can still answer with a 4xx
-            decoder = StreamingDecoder(self.vocoder, speaker, options.style)
+            return StreamingDecoder(self.vocoder, speaker, options.style)
         except ValueError as exc:
             raise BadRequestError(str(exc)) from exc
-        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
-        return self._stream_speech(request, decoder, aligner, request_id or uuid.uuid4().hex)
+
+    def _speech_frame_budget(self, options: SamplingOptions) -> int:
+        """The most vocoder frames (40 ms each) a speech answer may last: ``max_speech_seconds``, else the default
+        (the server's limit when only ``max_new_tokens`` was asked), never beyond the server's limit."""
+        seconds = options.max_speech_seconds
+        if seconds is None:
+            asked_tokens = options.max_new_tokens is not None
+            seconds = self.limits.max_speech_seconds if asked_tokens else self.limits.default_speech_seconds
+        seconds = min(seconds, self.limits.max_speech_seconds)
+        return int(seconds * self.vocoder.sample_rate) // self.vocoder.hop
+
+    def _first_units(self, token_ids: list[int], count: int) -> list[int]:
+        """The generated ids up to and including the ``count``-th HuBERT unit (what a speech budget keeps)."""
+        seen = 0
+        for index, token_id in enumerate(token_ids):
+            seen += self.tokenizer.classify(token_id).unit_kind == "Hu"
+            if seen == count:
+                return token_ids[: index + 1]
+        return token_ids if count else []
+
+    async def _fill(
+        self, decoder: StreamingDecoder, frames: AlignedUnits, max_frames: int, final: bool = False
+    ) -> bool:
+        """Add aligned units to a stream (on the speech worker: durations only, no generator forward). Once the
+        committed durations reach ``max_frames``, end the stream within them and return True."""
+        feed = partial(decoder.feed, frames.hubert, frames.pitch or None, frames.style or None, final=final)
+        await asyncio.get_running_loop().run_in_executor(self._speech_worker, feed)
+        if decoder.committed_frames < max_frames:
+            return False
+        decoder.end_within(max_frames)
+        return True
 
     async def _stream_speech(
-        self, request: TokenRequest, decoder: StreamingDecoder, aligner: UnitAligner, request_id: str
+        self,
+        request: TokenRequest,
+        decoder: StreamingDecoder,
+        aligner: UnitAligner,
+        options: SamplingOptions,
+        request_id: str,
     ) -> AsyncIterator["SpeechDelta"]:
-        loop = asyncio.get_running_loop()
-
-        async def vocode(frames: AlignedUnits, final: bool = False) -> np.ndarray:
-            feed = partial(decoder.feed, frames.hubert, frames.pitch or None, frames.style or None, final=final)
-            await loop.run_in_executor(self._speech_worker, feed)  # durations: cheap, no generator forward
+        async def emit() -> np.ndarray:
             if not decoder.ready:
                 return np.zeros(0, dtype=np.float32)
             return await self._stream_vocode_batcher.submit(decoder)
 
-        async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
-            tokens = "".join(self.tokenizer.pieces(delta.token_ids))
-            yield SpeechDelta(tokens, await vocode(aligner.push(tokens)))
-        yield SpeechDelta("", await vocode(aligner.finish(), final=True))
+        max_frames = self._speech_frame_budget(options)
+        generated: list[int] = []
+        full = False
+        stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
+        async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
+            async for delta in deltas:
+                generated.extend(delta.token_ids)
+                tokens = "".join(self.tokenizer.pieces(delta.token_ids))
+                full = await self._fill(decoder, aligner.push(tokens), max_frames)  # as generate() stops
+                if full:
+                    break
+                yield SpeechDelta(tokens, await emit())
+        if not full:
+            tokens = ""
+            full = await self._fill(decoder, aligner.finish(), max_frames, final=True)
+        spoken = self._first_units(generated, len(decoder.durations)) if full else generated
+        yield SpeechDelta(tokens, await emit(), spoken="".join(self.tokenizer.pieces(spoken)))
         logger.info("request %s: streamed %d units", request_id, len(decoder.durations))
 
     async def stream_text(self, request: TokenRequest, request_id: str | None = None) -> AsyncIterator[str]:

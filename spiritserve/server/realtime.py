@@ -242,7 +242,7 @@ class RealtimeSession:
             prompt_tokens = len(request.prompt_ids)
             if speech:
                 async for delta in self.pipeline.open_speech_stream(request, options, response_id):
-                    generated += delta.tokens
+                    generated = delta.spoken if delta.spoken is not None else generated + delta.tokens
                     if len(delta.audio):
                         first_delta_s = first_delta_s or time.perf_counter() - started
                         audio_samples += len(delta.audio)

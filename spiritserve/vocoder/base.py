@@ -207,6 +207,7 @@ class UnitVocoder:
         predict_durations: bool = True,
         pitch: list[int] | None = None,
         style_units: list[int] | None = None,
+        durations: list[int] | None = None,
     ) -> VocoderOutput:
         """Vocode one unit sequence.
 
@@ -219,12 +220,13 @@ class UnitVocoder:
           ``len(pitch) != len(units)``; durations are then never predicted (whatever predict_durations says)
           and both streams are upsampled to one per unit (×2 / ×25, padded with the last value, cut).
         Missing pitch or style_units for the expressive vocoder is a ValueError: the caller picks the fallback.
+        ``durations``: frames per unit fixed earlier, used instead of predicting (see ``frame_features``).
         """
-        features, durations = self.frame_features(units, speaker, style, predict_durations, pitch, style_units)
+        features, used = self.frame_features(units, speaker, style, predict_durations, pitch, style_units, durations)
         if features is None:  # the reference crashes here (compat doc §16.1a); no units is no audio
             return VocoderOutput(audio=np.zeros(0, dtype=np.float32), durations=[])
         audio = self.model.generate(features[None])[0]  # (frames × hop,)
-        return VocoderOutput(audio=audio.float().cpu().numpy(), durations=durations)
+        return VocoderOutput(audio=audio.float().cpu().numpy(), durations=used)
 
     @torch.inference_mode()
     def frame_features(
@@ -235,10 +237,17 @@ class UnitVocoder:
         predict_durations: bool = True,
         pitch: list[int] | None = None,
         style_units: list[int] | None = None,
+        durations: list[int] | None = None,
     ) -> tuple[torch.Tensor | None, list[int]]:
         """Check a request (arguments as in ``decode``) and build its generator input: (model_in_dim, frames)
-        features (None for no units) and the frames used per unit."""
+        features (None for no units) and the frames used per unit.
+
+        ``durations`` (one per unit, each >= 1) replaces the prediction: a speech budget cuts generated units
+        where the durations predicted *with* the units that followed add up, and the last two of those would
+        come out differently if predicted again at the cut (the predictor looks two units to the right)."""
         units = self._check_request(units, speaker, style)
+        if durations is not None and (len(durations) != len(units) or min(durations, default=1) < 1):
+            raise ValueError(f"durations must be one per unit and >= 1: {len(durations)} for {len(units)} units")
         pitch = self._check_stream(pitch, self.num_pitch_units, "pitch")
         style_units = self._check_stream(style_units, self.num_style_units, "style_units")
         if not units:
@@ -251,11 +260,14 @@ class UnitVocoder:
         codes = torch.tensor([units], dtype=torch.long, device=self.device)  # (1, T)
         speakers = torch.tensor([speaker], dtype=torch.long, device=self.device)  # (1,)
         styles = None if style is None else torch.tensor([style], dtype=torch.long, device=self.device)
-        durations = self.model.predict_durations(codes) if predict_durations else None  # (1, T)
+        if durations is not None:
+            frames_per_unit = torch.tensor([durations], dtype=torch.long, device=self.device)  # (1, T)
+        else:
+            frames_per_unit = self.model.predict_durations(codes) if predict_durations else None  # (1, T)
         features = self.model.frame_features(
-            codes, speakers, styles, durations, f0_codes=f0_codes, style_codes=style_codes
+            codes, speakers, styles, frames_per_unit, f0_codes=f0_codes, style_codes=style_codes
         )  # (1, model_in_dim, frames)
-        used = durations[0].tolist() if durations is not None else [1] * len(units)
+        used = frames_per_unit[0].tolist() if frames_per_unit is not None else [1] * len(units)
         return features[0], used
 
 

@@ -29,6 +29,7 @@ class VocodeRequest:
     predict_durations: bool = True
     pitch: list[int] | None = None
     style_units: list[int] | None = None
+    durations: list[int] | None = None
 
 
 @torch.inference_mode()
@@ -40,7 +41,7 @@ def decode_batch(
     left, right = receptive_field_frames(vocoder.model.config)
     hop = vocoder.hop
     prepared = [
-        vocoder.frame_features(r.units, r.speaker, r.style, r.predict_durations, r.pitch, r.style_units)
+        vocoder.frame_features(r.units, r.speaker, r.style, r.predict_durations, r.pitch, r.style_units, r.durations)
         for r in requests
     ]
     windows: list[GeneratorWindow] = []

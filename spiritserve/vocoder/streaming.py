@@ -161,8 +161,37 @@ class StreamingDecoder:
         return list(self._durations)
 
     @property
+    def committed_frames(self) -> int:
+        """Frames of the units whose durations are committed: audio that this stream will produce for sure."""
+        return self._frames_committed
+
+    @property
     def samples_emitted(self) -> int:
         return self._samples_emitted
+
+    def end_within(self, max_frames: int) -> int:
+        """Close the stream after the longest run of committed units that fits in ``max_frames`` (a speech
+        budget), also after the final ``feed``; later and uncommitted units are dropped, and the next emit flushes
+        the rest. The kept units
+        keep their committed durations (predicted with what followed), so the audio equals ``UnitVocoder.decode``
+        of those units with those durations. Call between ``feed`` and ``emit``: the audio emitted so far then
+        ends at least the lookahead before the cut, so none of it saw the dropped units. Returns the units kept."""
+        if self._finished:
+            raise RuntimeError("end_within after the last audio: this stream is closed")
+        kept, end_frame = 0, 0
+        for duration in self._durations:
+            if end_frame + duration > max_frames:
+                break
+            kept, end_frame = kept + 1, end_frame + duration
+        if end_frame < self._chunk_end:
+            raise RuntimeError(f"audio up to frame {self._chunk_end} was emitted; cannot end at frame {end_frame}")
+        self._features = self._features[:, : end_frame - self._features_start]
+        self._durations = self._durations[:kept]
+        self._frames_committed = end_frame
+        self._unemitted_unit_ends = [end for end in self._unemitted_unit_ends if end <= end_frame]
+        self._units, self._pitch, self._style_units, self._context_units = [], [], [], 0
+        self._closing = True
+        return kept
 
     @property
     def finished(self) -> bool:

@@ -20,8 +20,8 @@ def test_chat_speaks_two_turns_and_saves_the_answers(server_url: str, tmp_path: 
     for turn in (1, 2):
         info = soundfile.info(tmp_path / f"a-{turn}.wav")
         assert info.samplerate == 16000 and info.channels == 1 and info.frames > 0 and info.frames % 640 == 0
+        assert info.frames <= 16000  # at most the 1 s asked
         assert f"turn {turn}: completed, " in result.stdout
-    assert "25 generated" in result.stdout  # 1 s of speech tokens per turn
 
 
 def test_chat_text_answers_print_text(server_url: str, tmp_path: Path):

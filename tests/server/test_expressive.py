@@ -62,13 +62,15 @@ def test_speech_to_speech_length_matches_predicted_durations(expressive, express
     response = expressive.post("/v1/speech/continue", files={"audio": (CLIP.name, CLIP.read_bytes())}, data=form)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["usage"]["generated_tokens"] == 77  # 2 s × (24.99 + 12.5 + 1) tokens/s
-    assert len(body["pitch"]) == len(body["style"]) == len(body["units"])
+    assert body["usage"]["generated_tokens"] <= 77  # 2 s × (24.99 + 12.5 + 1) tokens/s at most
+    assert len(body["pitch"]) == len(body["style"]) == len(body["units"]) == len(body["durations"])
     vocoder = UnitVocoder.from_dir(expressive_bundle / VOCODER_DIRS["expressive"])
     expected = vocoder.decode(body["units"], 2, None, True, body["pitch"], body["style"])
-    assert body["durations"] == expected.durations
+    # the vocoder's predictions; the last two were predicted with the units a 2 s budget then cut
+    assert body["durations"][:-2] == expected.durations[:-2]
     audio, rate = read_wav(base64.b64decode(body["audio_base64"]))
     assert rate == 16000 and len(audio) == sum(body["durations"]) * HOP
+    assert 2 - max(body["durations"]) * HOP / 16000 < len(audio) / 16000 <= 2  # the budget bounds the audio
 
 
 def test_speech_to_text_and_text_to_speech(expressive):

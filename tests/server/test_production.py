@@ -144,14 +144,15 @@ def test_over_capacity_requests_get_503_and_nothing_in_flight_is_lost(production
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "in flight" in refused.json()["error"]["message"]
     for response in completed:  # the requests already in flight finished whole
-        assert response.status_code == 200 and response.json()["usage"]["generated_tokens"] == 500
+        assert response.status_code == 200 and response.json()["finish_reason"] == "length"
+        assert response.json()["usage"]["audio_seconds"] > 19  # the whole 20 s budget (less at most one unit)
 
 
 def test_requests_beyond_the_per_key_rate_get_429(production_server):
     url, _ = production_server
     statuses = []
     with httpx.Client(base_url=url, headers=authorized(OTHER_KEY), timeout=30) as http:
-        for _ in range(RATE_PER_MINUTE + 5):
+        for _ in range(RATE_PER_MINUTE * 10):  # the bucket refills 2 per second: a slow machine needs more tries
             response = http.post("/v1/synthesize", json={"tokens": "[Hu1]", "predict_durations": False})
             statuses.append(response.status_code)
             if response.status_code == 429:
@@ -201,5 +202,6 @@ def test_sigterm_lets_a_long_generation_finish_then_exits_0(production_server):
     ready, refused, finished = asyncio.run(scenario())
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
-    assert finished.status_code == 200 and finished.json()["usage"]["generated_tokens"] == 1000
+    assert finished.status_code == 200 and finished.json()["finish_reason"] == "length"
+    assert finished.json()["usage"]["audio_seconds"] > 39  # the whole 40 s budget (less at most one unit)
     assert process.wait(timeout=60) == 0

@@ -56,19 +56,26 @@ def test_speech_continuation_returns_a_16k_mono_wav(client, clip: Path):
     assert np.abs(audio).max() > 0
 
 
-def test_wav_length_is_the_vocoders_predicted_durations_times_hop(client, vocoder: UnitVocoder):
-    form = {"max_speech_seconds": "2", "seed": "7", "temperature": "0.9"}
+@pytest.mark.parametrize("seconds", [2.0, 3.3])
+def test_max_speech_seconds_bounds_the_audio_returned(client, vocoder: UnitVocoder, seconds: float):
+    """The budget is seconds of audio, not tokens: generation stops once the vocoder's predicted durations fill
+    it, so the answer lasts the budget, less at most one unit — streamed or not."""
+    form = {"max_speech_seconds": str(seconds), "seed": "7", "temperature": "0.9"}
     described = client.post("/v1/speech/continue", files=upload(CLIP), data={**form, "response_format": "json"})
     assert described.status_code == 200, described.text
     body = described.json()
-    units = body["units"]
-    assert len(units) == body["usage"]["generated_tokens"] == 50  # 2 s × 25 tokens/s, EOS banned in speech
-    assert body["tokens"] == "".join(f"[Hu{unit}]" for unit in units)
-    # The durations the server used are the ones the vocoder predicts for these units (speaker 2 default).
-    assert body["durations"] == vocoder.decode(units, speaker=2).durations
+    units, durations = body["units"], body["durations"]
+    assert body["tokens"] == "".join(f"[Hu{unit}]" for unit in units) and len(durations) == len(units)
+    assert body["usage"]["generated_tokens"] < seconds * 25  # stopped before the token budget ran out
+    # The durations used are the vocoder's predictions; the last two were predicted with the units that followed.
+    assert durations[:-2] == vocoder.decode(units, speaker=2).durations[:-2]
     wav = client.post("/v1/speech/continue", files=upload(CLIP), data=form)  # same seed: same generation
     audio, _, _ = read_wav(wav.content)
-    assert len(audio) == sum(body["durations"]) * HOP
+    assert len(audio) == sum(durations) * HOP
+    assert seconds - max(durations) * HOP / 16000 < len(audio) / 16000 <= seconds
+    streamed = client.post("/v1/speech/continue", files=upload(CLIP), data={**form, "stream": "true"})
+    streamed_audio = np.frombuffer(streamed.content[44:], dtype="<i2").astype(np.float32) / 32767
+    assert len(streamed_audio) == len(audio) and np.abs(streamed_audio - audio).max() < 2e-3
 
 
 def test_speech_to_text_returns_text(client):
@@ -101,9 +108,9 @@ def test_text_to_speech_returns_audio_and_units(client):
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(body["units"]) == 25 and body["text"] == ""
+    assert 0 < len(body["units"]) == len(body["durations"]) <= 25 and body["text"] == ""
     audio, rate, _ = read_wav(base64.b64decode(body["audio_base64"]))
-    assert rate == 16000 and len(audio) == sum(body["durations"]) * HOP
+    assert rate == 16000 and len(audio) == sum(body["durations"]) * HOP <= 16000  # at most the 1 s asked
     assert body["usage"]["audio_seconds"] == pytest.approx(len(audio) / 16000)
 
 
