@@ -1,4 +1,4 @@
-"""Command line: `spiritserve serve`, `make-tiny`, `chat`, `bench-components` and `check-precision`.
+"""Command line: `spiritserve serve`, `make-tiny`, `chat`, `soak`, `bench-components` and `check-precision`.
 
 Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
 """
@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from spiritserve import batch_check, bench, chat, precision
+from spiritserve import batch_check, bench, chat, precision, soak
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     precision.add_parser(commands)  # check-precision
     batch_check.add_parser(commands)  # check-batching
     chat.add_parser(commands)  # chat
+    soak.add_parser(commands)  # soak
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
