@@ -31,6 +31,18 @@ class UnsupportedMediaTypeError(BadRequestError):
     status_code = 415
 
 
+class RequestTimeoutError(BadRequestError):
+    """The request body did not arrive in time (a stalled or trickling upload)."""
+
+    status_code = 408
+
+
+class ForbiddenOriginError(SpiritServeError):
+    """A browser page from an origin the server does not allow tried to open a websocket."""
+
+    status_code = 403
+
+
 class EngineUnavailableError(SpiritServeError):
     """The LM engine is not running (still starting, or dead)."""
 

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(64 * 2**20, gt=0, description="largest accepted audio upload")
     max_audio_seconds: float = Field(300.0, gt=0, description="longest accepted input audio, after decoding")
+    max_decoded_bytes: int = Field(  # 300 s of 48 kHz stereo; = audio_io.DEFAULT_MAX_DECODED_BYTES
+        300 * 48_000 * 2 * 4, gt=0, description="largest input audio as decoded float32: rate × channels × s × 4"
+    )
     max_text_chars: int = Field(20_000, gt=0, description="longest accepted text input")
+    body_read_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this; else 408")
 
     default_speech_seconds: float = Field(10.0, gt=0, description="speech output budget when none is asked")
     max_speech_seconds: float = Field(120.0, gt=0, description="largest speech output budget a request may ask")
@@ -50,7 +54,12 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(None, description="comma-separated API keys; unset (and no file): no auth")
     api_keys_file: Path | None = Field(None, description="file with one API key per line (e.g. a mounted Secret)")
     public_paths: str = Field(
-        "/healthz,/readyz,/metrics,/,/static/*", description="paths that need no key (a trailing * means a prefix)"
+        "/healthz,/readyz,/,/static/*", description="paths that need no key (a trailing * means a prefix)"
+    )
+    allowed_origins: str | None = Field(
+        None,
+        description="browser origins (scheme://host[:port], comma-separated; * = any) that may open a websocket "
+        "besides the server's own; unset: localhost, 127.0.0.1 and [::1] on any port",
     )
     max_in_flight: int = Field(64, ge=1, description="model requests at once; more get 503 + Retry-After")
     max_queue_per_stage: int = Field(256, ge=1, description="items waiting per speech stage; more get 503")

@@ -46,8 +46,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """`spiritserve serve` in a subprocess on a loopback port, ready (engine started, warmed up)."""
+def serve_process(
+    root: Path, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`spiritserve serve` in a subprocess on a loopback port, ready (engine started, warmed up): (url, process).
+    `env` adds to or overrides the test settings below; the server is stopped (SIGTERM) on exit."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {
@@ -58,6 +61,7 @@ def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "SPIRITSERVE_BATCH_MAX_WAIT_MS": "30",
         "SPIRITSERVE_REALTIME_MAX_SESSIONS": str(SERVER_MAX_REALTIME_SESSIONS),
         "SPIRITSERVE_REALTIME_IDLE_TIMEOUT_S": str(SERVER_REALTIME_IDLE_TIMEOUT_S),
+        **(env or {}),
     }
     command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(root), "--port", str(port)]
     with open(log_path, "wb") as log:
@@ -76,8 +80,7 @@ def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             except httpx.TransportError:
                 pass
             time.sleep(1)
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
+        yield url, process
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -86,6 +89,15 @@ def start_server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def start_server(
+    root: Path, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> Iterator[httpx.Client]:
+    """`serve_process`, answered through an httpx client on its URL."""
+    with serve_process(root, tmp_path_factory, env) as (url, _), httpx.Client(base_url=url, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,8 @@ class LanguageModelEngine:
         started = time.perf_counter()
         args = AsyncEngineArgs(
             model=str(model_path),
+            # vLLM labels its metrics with this name (default: the model path, which /metrics would expose).
+            served_model_name=model_path.name,
             skip_tokenizer_init=True,
             dtype=settings.dtype,
             max_model_len=settings.max_model_len,

@@ -22,7 +22,7 @@ from spiritserve.engine.engine import LanguageModelEngine
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
 from spiritserve.server.admission import Admission, ApiKeys, RateLimiter, load_api_keys
-from spiritserve.server.auth import AccessMiddleware
+from spiritserve.server.auth import AccessMiddleware, OriginPolicy
 from spiritserve.server.error_messages import error_body, error_headers
 from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
@@ -102,11 +102,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "HTTPError", str(exc.detail))
+        response = _error(exc.status_code, "HTTPError", str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(ClientDisconnected)
     async def client_disconnected(request: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody reads it; logged and counted like nginx does
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's fault: the one error shape, no internals. Starlette then re-raises the exception
+        # to the server (uvicorn), which logs its traceback and ends a response already under way.
+        logger.error("%s %s failed with %r; answered 500 (traceback below)", request.method, request.url.path, exc)
+        return _error(500, "InternalServerError", "the server failed to answer this request; see the server log")
 
 
 def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
@@ -144,12 +153,21 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     app.mount("/static", static_files(), name="static")
     install_error_handlers(app)
     # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
     api_keys = ApiKeys(
         load_api_keys(settings.api_keys, settings.api_keys_file),
         [path.strip() for path in settings.public_paths.split(",") if path.strip()],
     )
-    app.add_middleware(AccessMiddleware, api_keys=api_keys, rate_limiter=RateLimiter(settings.rate_limit_per_minute))
+    app.add_middleware(
+        AccessMiddleware,
+        api_keys=api_keys,
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+        origins=OriginPolicy(settings.allowed_origins),
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)

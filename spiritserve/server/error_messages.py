@@ -32,3 +32,9 @@ def error_messages(exc: SpiritServeError) -> tuple[Message, Message]:
         "type": "http.response.body",
         "body": body,
     }
+
+
+def websocket_denial_messages(exc: SpiritServeError) -> tuple[Message, Message]:
+    """The error as the HTTP answer to a refused websocket handshake (the ASGI websocket.http.response extension)."""
+    start, body = error_messages(exc)
+    return {**start, "type": "websocket.http.response.start"}, {**body, "type": "websocket.http.response.body"}

@@ -8,7 +8,6 @@ with server VAD — new user speech cancels it at once, which aborts its engine 
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -121,10 +120,12 @@ class RealtimeSession:
             await self.send(error_event("message_too_large", f"a message may be at most {limit} bytes"))
             return
         try:
-            event = CLIENT_EVENTS.validate_python(json.loads(text))
-        except json.JSONDecodeError as exc:
-            await self.send(error_event("invalid_json", f"the message is not valid JSON: {exc}"))
+            payload = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # not JSON, nested too deep, an integer of 5000 digits, ...
+            await self.send(error_event("invalid_json", f"the message is not valid JSON: {_reason(exc)}"))
             return
+        try:
+            event = CLIENT_EVENTS.validate_python(payload)
         except ValidationError as exc:
             await self.send(error_event("invalid_event", _describe(exc)))
             return
@@ -132,6 +133,11 @@ class RealtimeSession:
             await self._dispatch(event)
         except SpiritServeError as exc:
             await self.send(error_event(type(exc).__name__, str(exc), event.event_id))
+        except WebSocketDisconnect:
+            raise
+        except Exception:  # a bug, not the client's fault: say so, and keep the session
+            logger.exception("session %s: %s failed", self.id, event.type)
+            await self.send(error_event("server_error", "the server failed to handle this event", event.event_id))
 
     async def _dispatch(self, event) -> None:
         if isinstance(event, SessionUpdate):
@@ -167,15 +173,20 @@ class RealtimeSession:
     async def _append(self, event: InputAudioAppend) -> None:
         try:
             chunk = base64.b64decode(event.audio, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII characters (a plain ValueError)
             await self.send(error_event("invalid_audio", f"'audio' is not valid base64: {exc}", event.event_id))
             return
         if len(chunk) % 2:
             await self.send(error_event("invalid_audio", "PCM16 audio needs an even byte count", event.event_id))
             return
-        limit = int(self.settings.max_audio_seconds * self.config.input_sample_rate * 2)
+        # PCM16 bytes within the seconds limit and, as float32 once committed (twice the bytes), the decoded-size limit.
+        limit = min(
+            int(self.settings.max_audio_seconds * self.config.input_sample_rate * 2),
+            self.settings.max_decoded_bytes // 4 * 2,
+        )
         if len(self.buffer) + len(chunk) > limit:
-            message = f"the input buffer holds at most {self.settings.max_audio_seconds:g} s; commit or clear it"
+            seconds = limit / 2 / self.config.input_sample_rate
+            message = f"the input buffer holds at most {seconds:.4g} s; commit or clear it"
             await self.send(error_event("input_audio_buffer_full", message, event.event_id))
             return
         self.buffer.extend(chunk)
@@ -291,7 +302,15 @@ class RealtimeSession:
 
 
 def _describe(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "a message must be a JSON object"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _reason(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
 @router.websocket("/v1/realtime")

@@ -36,7 +36,7 @@ class SessionConfig(BaseModel):
     speaker: int | None = Field(None, ge=0)
     temperature: float = Field(0.8, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # the engine takes 64-bit seeds
     max_response_seconds: float = Field(10.0, gt=0, le=120)
     max_response_tokens: int = Field(100, ge=1, le=4096, description="text responses")
     input_sample_rate: int = Field(16_000, ge=8_000, le=48_000)

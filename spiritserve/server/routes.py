@@ -2,7 +2,6 @@
 
 import asyncio
 import base64
-import binascii
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Annotated, TypeVar
@@ -34,6 +33,7 @@ from spiritserve.server.schemas import (
     GenerationResponse,
     OutputFields,
     OutputSegmentBody,
+    Readiness,
     ResponseFormat,
     SamplingFields,
     SpeechInput,
@@ -46,11 +46,42 @@ from spiritserve.tokens import AlignedUnits, Modality, OutputModality, is_unit_s
 
 T = TypeVar("T")
 WAV_MEDIA_TYPE = "audio/wav"
-ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503, 504)}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_ERROR_DESCRIPTIONS = {
+    400: "undecodable audio, or a body that cannot be parsed",
+    401: "no API key, or a wrong one (where keys are required)",
+    408: "the request body did not arrive in time",
+    413: "the body or the audio is too large or too long",
+    415: "wrong content type",
+    422: "invalid fields (the message names them)",
+    429: "more requests per minute than allowed",
+    500: "a failure inside the server",
+    503: "overloaded, shutting down, or the model is not loaded",
+    504: "the generation timed out",
+}
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI entries for the errors a route can answer, all with the one error body."""
+    return {
+        code: {
+            "model": ErrorResponse,
+            "description": _ERROR_DESCRIPTIONS[code],
+            **({"headers": _RETRY_AFTER} if code in (429, 503) else {}),
+        }
+        for code in codes
+    }
+
+
+# Every route can be refused by the access middleware (401, 429) or fail inside the server (500); routes with
+# a body can also get 400 (unparsable), 408 (too slow), 413 (too large) and 422 (invalid).
+ANY_ROUTE_ERRORS = error_responses(401, 429, 500)
+MODEL_ROUTE_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 429, 500, 503, 504)
 # Content types that may carry audio: browsers and curl label uploads loosely, so the decoder has the last word.
 _AUDIO_CONTENT_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(responses=ANY_ROUTE_ERRORS)
 
 
 def get_pipeline(request: Request) -> SpiritPipeline:
@@ -113,7 +144,7 @@ async def decode_audio_bytes(data: bytes, settings: Settings):
     """Uploaded or base64 audio → 16 kHz mono, within the byte and duration limits (off the event loop)."""
     if len(data) > settings.max_upload_bytes:
         raise AudioTooLongError(f"the audio exceeds the limit of {settings.max_upload_bytes} bytes")
-    return await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds)
+    return await asyncio.to_thread(decode_audio, data, settings.max_audio_seconds, settings.max_decoded_bytes)
 
 
 async def decode_upload(upload: UploadFile, settings: Settings):
@@ -219,13 +250,21 @@ async def continue_form(request: Request) -> ContinueForm:
         raise RequestValidationError(exc.errors()) from exc
 
 
+AUDIO_OR_JSON_ANSWER = {
+    200: {
+        "model": GenerationResponse,  # application/json, as a reference to the component schema
+        "description": "the answer: WAV (streamed: of unknown length), raw PCM16, or JSON, as `response_format` asks",
+        "content": {WAV_MEDIA_TYPE: _BINARY, PCM_MEDIA_TYPE: _BINARY},
+    },
+    **MODEL_ROUTE_ERRORS,
+}
+
+
 @router.post(
     "/v1/speech/continue",
     dependencies=[Multipart, Slot],
     response_class=Response,
-    responses={
-        200: {"content": {WAV_MEDIA_TYPE: {}, "application/json": {"schema": GenerationResponse.model_json_schema()}}}
-    },
+    responses=AUDIO_OR_JSON_ANSWER,
 )
 async def continue_speech(
     request: Request,
@@ -265,19 +304,23 @@ async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) 
         return GenerationInput(Modality.SPEECH, text=item.tokens)
     try:
         data = base64.b64decode(item.audio_base64, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII characters (a plain ValueError)
         raise BadAudioError(f"'audio_base64' is not valid base64: {exc}") from exc
     return GenerationInput(Modality.SPEECH, audio=await decode_audio_bytes(data, settings))
 
 
-@router.post("/v1/generate", dependencies=[Json, Slot], response_model=GenerationResponse)
+@router.post(
+    "/v1/generate", dependencies=[Json, Slot], response_model=GenerationResponse, responses=AUDIO_OR_JSON_ANSWER
+)
 async def generate(request: Request, body: GenerateRequest, pipeline: PipelineDep, settings: SettingsDep) -> Response:
     """Any-to-any generation over an ordered list of text and speech inputs (the reference's `generate`)."""
     inputs = [await _generation_input(item, settings, pipeline) for item in body.inputs]
     return await _generate_or_stream(request, pipeline, inputs, body.output_modality, body)
 
 
-@router.post("/v1/tokenize", dependencies=[Multipart, Slot], response_model=TokenizeResponse)
+@router.post(
+    "/v1/tokenize", dependencies=[Multipart, Slot], response_model=TokenizeResponse, responses=MODEL_ROUTE_ERRORS
+)
 async def tokenize(
     pipeline: PipelineDep,
     settings: SettingsDep,
@@ -295,7 +338,8 @@ async def tokenize(
     "/v1/synthesize",
     dependencies=[Json, Slot],
     response_class=Response,
-    responses={200: {"content": {WAV_MEDIA_TYPE: {}}}},
+    responses={200: {"description": "16 kHz mono 16-bit WAV", "content": {WAV_MEDIA_TYPE: _BINARY}}}
+    | MODEL_ROUTE_ERRORS,
 )
 async def synthesize(body: SynthesizeRequest, pipeline: PipelineDep) -> Response:
     """Unit tokens (as the LM writes them) or raw unit streams (as `/v1/tokenize` returns them) → 16 kHz WAV.
@@ -318,7 +362,13 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": Readiness, "description": "ready"},
+        503: {"model": Readiness, "description": "loading, draining, or the engine stopped"},
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: models loaded, warm-up done, engine alive."""
     pipeline = getattr(request.app.state, "pipeline", None)

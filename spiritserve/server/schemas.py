@@ -6,6 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spiritserve.tokens import OutputModality
 
+MAX_SEED = 2**63 - 1  # a signed 64-bit integer: the engine cannot take a larger seed
+
 
 class SamplingFields(BaseModel):
     """Reference defaults: sampling at temperature 0.8, top-p 0.95 (0 temperature = greedy)."""
@@ -15,7 +17,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
-    seed: int | None = Field(None, ge=0, description="same seed, same prompt: same output")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same prompt: same output")
     max_new_tokens: int | None = Field(None, ge=1, le=8192)
     max_speech_seconds: float | None = Field(None, gt=0, description="speech output budget (25 tokens/s)")
     speaker: int | None = Field(None, ge=0, description="vocoder speaker index (speakers.txt); default 2")
@@ -75,7 +77,9 @@ class SynthesizeRequest(BaseModel):
     speaker: int | None = Field(None, ge=0, description="vocoder speaker index (speakers.txt); default 2")
     style: int | None = Field(None, ge=0, description="base vocoder's global style (styles.txt); default 8")
     predict_durations: bool = Field(True, description="false for raw undeduplicated 25 Hz units")
-    seed: int | None = Field(None, ge=0, description="picks the fallback style when expressive tokens have none")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="picks the fallback style when expressive tokens have none"
+    )
 
 
 class OutputSegmentBody(BaseModel):
@@ -118,3 +122,10 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class Readiness(BaseModel):
+    ready: bool
+    draining: bool | None = Field(None, description="true while a SIGTERM drain refuses new work")
+    variant: Literal["base", "expressive"] | None = None
+    speakers: list[str] | None = Field(None, description="the vocoder's speakers (index = `speaker`)")

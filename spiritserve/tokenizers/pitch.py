@@ -6,6 +6,7 @@ is cut into 100 s chunks like the other tokenizers and each chunk is one utteran
 of chunks; the VQ-VAE (~0.2M parameters) runs one chunk at a time, so no padding can reach its convolutions.
 """
 
+import importlib
 import logging
 import pickle
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from spiritserve.errors import CheckpointError
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, padded_batches, split_into_chunks
 from spiritserve.tokenizers.fcpe import F0Extractor
-from spiritserve.weights import check_unknown_keys, load_state_dict_strict, read_checkpoint, require_keys
+from spiritserve.weights import check_unknown_keys, load_state_dict_strict, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -332,21 +333,72 @@ def vqvae_input(f0: Tensor, voicing: Tensor, normalize: bool) -> Tensor:
     return torch.stack([f0, voicing])
 
 
+# What a training pickle of ``model.pt`` may hold besides tensors, allowed by name: the training config as
+# OmegaConf (its containers, nodes and metadata, which name ``typing.Any`` and builtin types) or as an argparse
+# Namespace, and the builtin containers these use. Unpickling them rebuilds plain data; nothing else is allowed.
+# Which of these the official file holds is not known for sure (no copy here to read): these are what an OmegaConf
+# (the reference's config library) or argparse training run pickles next to its weights.
+SAFE_PICKLE_GLOBALS = (
+    "builtins.dict", "builtins.list", "builtins.int", "collections.defaultdict", "typing.Any", "argparse.Namespace",
+    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata", "omegaconf.nodes.AnyNode",
+)  # fmt: skip
+RESAVE_AS_WEIGHTS = (
+    "python -c \"import torch; torch.save({'model': torch.load('model.pt', weights_only=False)['model']}, 'model.pt')\""
+)
+
+
+def _safe_pickle_globals() -> dict[str, Any]:
+    """The allowed classes that can be imported here, by name (omegaconf's only where omegaconf is installed)."""
+    found = {}
+    for name in SAFE_PICKLE_GLOBALS:
+        module, _, attribute = name.rpartition(".")
+        try:
+            found[name] = getattr(importlib.import_module(module), attribute)
+        except ImportError:
+            continue
+    return found
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """Why a safe load refused ``path``, naming the classes it holds that are not allowed (or not importable)."""
+    try:
+        held = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: torch's own message names the first refused class
+        held = []
+    importable = _safe_pickle_globals()
+    refused = [name for name in held if name not in importable]
+    if not refused:
+        return f"cannot read checkpoint {path}: {error}"
+    if all(name in SAFE_PICKLE_GLOBALS for name in refused):  # allowed, but omegaconf is not installed
+        return (
+            f"{path} holds {', '.join(refused)}: these load safely only with the omegaconf package, which is not "
+            f"installed. Install omegaconf, or re-save the file as weights only (once, where you trust it): "
+            f"{RESAVE_AS_WEIGHTS}"
+        )
+    return (
+        f"{path} holds {', '.join(name for name in refused if name not in SAFE_PICKLE_GLOBALS)}, which a safe "
+        f"load refuses (unpickling it could run code); re-save the file as weights only (once, where you trust "
+        f"it): {RESAVE_AS_WEIGHTS}"
+    )
+
+
 def read_vqvae_checkpoint(path: Path) -> Any:
-    """Read ``model.pt`` with ``weights_only=True``; fall back to a full unpickle only when that refuses the file.
+    """Read ``model.pt`` without executing pickled code: ``torch.load(weights_only=True)``, which besides tensors
+    allows only ``SAFE_PICKLE_GLOBALS``.
 
     The official file is a full training pickle that the reference loads with ``weights_only=False`` (our
-    compatibility notes record it needs that), so a refusal there is expected; it comes from the operator's
-    checkpoint directory, the same trust as the weights themselves; ``from_dir`` keeps only its ``model`` dict.
+    compatibility notes record it needs that); the classes beyond tensors it needs are allowed by name, and
+    any other class is refused with a CheckpointError naming the file and the class. ``from_dir`` keeps only
+    the ``model`` state dict.
     """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        return read_checkpoint(path)
-    except CheckpointError as error:
-        if not isinstance(error.__cause__, pickle.UnpicklingError):
-            raise
-        logger.warning("%s is not a weights-only file (%s); loading it as a full pickle", path, error.__cause__)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(_safe_pickle_globals().values())):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(_refusal(path, exc)) from exc
     except Exception as exc:  # torch raises several unrelated types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 

@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.conftest import _free_port
+from tests.conftest import serve_process
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIP = FIXTURES / "espeak_16k_mono.flac"
@@ -29,32 +29,15 @@ def production_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
     a per-key rate limit and a 60 s drain."""
     keys_file = tmp_path_factory.mktemp("secrets") / "keys"
     keys_file.write_text(f"\n{OTHER_KEY}\n")
-    port = _free_port()
     env = {
-        **os.environ,
         "SPIRITSERVE_API_KEYS": KEY,
         "SPIRITSERVE_API_KEYS_FILE": str(keys_file),
         "SPIRITSERVE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "SPIRITSERVE_RATE_LIMIT_PER_MINUTE": str(RATE_PER_MINUTE),
         "SPIRITSERVE_DRAIN_TIMEOUT_S": "60",
     }
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "wb")  # noqa: SIM115 (closed below)
-    command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(tiny_bundle), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline, "production server did not start"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(1)
-    yield url, process
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    log.close()
+    with serve_process(tiny_bundle, tmp_path_factory, env) as (url, process):
+        yield url, process
 
 
 def authorized(key: str = KEY) -> dict:
@@ -69,7 +52,8 @@ def test_keys_are_required_except_on_public_paths(production_server):
     url, _ = production_server
     assert httpx.get(f"{url}/healthz").status_code == 200
     assert httpx.get(f"{url}/readyz").status_code == 200
-    assert "spiritserve_in_flight_requests" in httpx.get(f"{url}/metrics").text
+    assert httpx.get(f"{url}/metrics").status_code == 401  # metrics need the key unless listed as public
+    assert "spiritserve_in_flight_requests" in httpx.get(f"{url}/metrics", headers=authorized()).text
     missing = httpx.post(f"{url}/v1/tokenize", files=upload())
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     wrong = httpx.post(f"{url}/v1/tokenize", files=upload(), headers=authorized("sk-test-wrong"))
@@ -163,7 +147,7 @@ def test_requests_beyond_the_per_key_rate_get_429(production_server):
 
 def test_operator_metrics_are_exported(production_server):
     url, _ = production_server
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = httpx.get(f"{url}/metrics", headers=authorized()).text
     for series in (
         "spiritserve_time_to_first_audio_seconds_bucket",
         "spiritserve_real_time_factor_bucket",

@@ -1,8 +1,11 @@
 """Pitch tokenizer: real FCPE weights (torchfcpe's bundled asset), tiny official-layout VQ-VAE, strict loading."""
 
 import argparse
-import logging
+import collections
+import importlib.util
+import os
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from spiritserve.tokenizers.pitch import (
     MODEL_FILE,
     PitchTokenizer,
     VQVAEConfig,
+    read_vqvae_checkpoint,
     vqvae_input,
     write_tiny_pitch_tokenizer,
 )
@@ -245,22 +249,86 @@ def test_missing_model_entry_is_an_error(tmp_path: Path) -> None:
         PitchTokenizer.from_dir(tmp_path)
 
 
-def test_full_pickle_checkpoint_falls_back_with_a_warning(
-    tmp_path: Path, tokenizer: PitchTokenizer, caplog: pytest.LogCaptureFixture
-) -> None:
+class TrainingState:
+    """A class of the test's own: unpickling it would run this module's code, so a safe load refuses it."""
+
+    def __init__(self) -> None:
+        self.step = 3
+
+
+class RunsACommand:
+    """Unpickles as a call to os.system: what a malicious model.pt does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_training_pickle_with_its_arguments_loads_safely(tmp_path: Path, tokenizer: PitchTokenizer) -> None:
     write_tiny_pitch_tokenizer(tmp_path)
     checkpoint = torch.load(tmp_path / MODEL_FILE, weights_only=True)
-    checkpoint["args"] = argparse.Namespace(lr=0.0002)  # not allowed by the weights-only unpickler
+    # A training pickle: the weights plus its arguments (not allowed by the plain weights-only unpickler).
+    checkpoint.update(args=argparse.Namespace(lr=0.0002, features=["f0", "vuv"]), steps=collections.defaultdict(int))
     torch.save(checkpoint, tmp_path / MODEL_FILE)
-    with caplog.at_level(logging.WARNING, logger="spiritserve.tokenizers.pitch"):
-        loaded = PitchTokenizer.from_dir(tmp_path)
-    assert "full pickle" in caplog.text and str(tmp_path / MODEL_FILE) in caplog.text
-    expected = torch.load(tmp_path / MODEL_FILE, weights_only=False)["model"]
-    assert all(torch.equal(loaded.vqvae.state_dict()[key], value) for key, value in expected.items())
+    loaded = PitchTokenizer.from_dir(tmp_path)
+    assert all(torch.equal(loaded.vqvae.state_dict()[key], value) for key, value in checkpoint["model"].items())
+    assert read_vqvae_checkpoint(tmp_path / MODEL_FILE)["args"].lr == 0.0002
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (lambda marker: TrainingState(), "test_pitch.TrainingState"),
+        (lambda marker: RunsACommand(marker), "system"),  # posix.system
+    ],
+    ids=["own-class", "os-system"],
+)
+def test_any_other_pickled_class_is_refused_naming_the_file_and_the_class(tmp_path: Path, extra, named: str) -> None:
+    write_tiny_pitch_tokenizer(tmp_path)
+    checkpoint = torch.load(tmp_path / MODEL_FILE, weights_only=True)
+    marker = tmp_path / "the-command-ran"
+    checkpoint["trainer"] = extra(marker)
+    torch.save(checkpoint, tmp_path / MODEL_FILE)
+    with pytest.raises(CheckpointError) as error:
+        PitchTokenizer.from_dir(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / MODEL_FILE) in message and named in message and "weights_only=False" in message
+    assert not marker.exists()  # nothing in the file ran
 
     (tmp_path / MODEL_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=MODEL_FILE):
         PitchTokenizer.from_dir(tmp_path)
+
+
+def test_an_omegaconf_config_without_omegaconf_installed_is_refused_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("omegaconf") is not None:
+        pytest.skip("omegaconf is installed here: its config classes load")
+    # A file that references omegaconf's DictConfig as the official training pickle may: written while a
+    # stand-in module of that name exists, read after it is gone (as on a server without omegaconf).
+    package, stand_in = types.ModuleType("omegaconf"), types.ModuleType("omegaconf.dictconfig")
+
+    class DictConfig:
+        def __init__(self, content: dict) -> None:
+            self._content = content
+
+    DictConfig.__module__, DictConfig.__qualname__ = "omegaconf.dictconfig", "DictConfig"
+    package.dictconfig, stand_in.DictConfig = stand_in, DictConfig
+    write_tiny_pitch_tokenizer(tmp_path)
+    checkpoint = torch.load(tmp_path / MODEL_FILE, weights_only=True)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "omegaconf", package)
+        patch.setitem(sys.modules, "omegaconf.dictconfig", stand_in)
+        checkpoint["cfg"] = DictConfig({"lr": 0.0002})
+        torch.save(checkpoint, tmp_path / MODEL_FILE)
+    with pytest.raises(CheckpointError) as error:
+        PitchTokenizer.from_dir(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / MODEL_FILE) in message and "omegaconf.dictconfig.DictConfig" in message
+    assert "omegaconf" in message and "not" in message and "re-save" in message
 
 
 @pytest.mark.parametrize(
