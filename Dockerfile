@@ -31,7 +31,7 @@ RUN python3 -c "import torch, vllm; print(torch.__version__, vllm.__version__)" 
  && python3 -m pip install --no-cache-dir --ignore-requires-python --constraint /tmp/constraints.txt . \
  && python3 -m pip install --no-cache-dir --no-deps "$(grep -E '^torchfcpe==' requirements.lock)" \
  && python3 -c "import torch, vllm; print(torch.__version__, vllm.__version__)" | cmp - /tmp/engine-before.txt \
- && python3 -c "import soundfile, av, torchfcpe, spiritserve.cli, spiritserve.server.app" \
+ && python3 -c "import soundfile, av, torchfcpe, fastapi_offline, spiritserve.cli, spiritserve.server.app" \
  && rm /tmp/engine-before.txt /tmp/constraints.txt
 
 # Non-root user with a writable HOME (vLLM, Triton and torch compile caches; the pod mounts an emptyDir there).

@@ -1,10 +1,12 @@
 """`spiritserve chat`: a terminal client for `/v1/realtime` — talk through files or a microphone.
 
-Files: each file is one user turn, streamed as 100 ms `input_audio_buffer.append` events and committed.
+Files: each file is one user turn, streamed as 100 ms `input_audio_buffer.append` events, committed, and
+answered on `response.create`.
 Microphone: audio is captured live through FFmpeg's device layer (ALSA by default; any FFmpeg input
 device with `--capture-format`), streamed as it is recorded, and the server's voice-activity detection
 ends each turn. Either way, text deltas are printed as they arrive and every spoken answer is written to
-a WAV file (numbered per turn), with the timings the server reports.
+a WAV file (numbered per turn), with the timings the server reports. Audio goes both ways as OpenAI's
+default format, `audio/pcm` at 24 kHz (the server resamples to and from the model's 16 kHz).
 """
 
 import argparse
@@ -19,11 +21,12 @@ from pathlib import Path
 
 CHUNK_SECONDS = 0.1
 QUIET_SECONDS = 1.5  # live mode: after capture and all answers, this long without events ends the session
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = 24_000  # audio/pcm, both ways
+PCM = {"type": "audio/pcm", "rate": SAMPLE_RATE}
 
 
 def capture(source: str, input_format: str | None) -> Iterator[bytes]:
-    """PCM16 mono 16 kHz chunks of about 100 ms from a file or a capture device, as FFmpeg reads it."""
+    """PCM16 mono 24 kHz chunks of about 100 ms from a file or a capture device, as FFmpeg reads it."""
     import av
 
     step = int(CHUNK_SECONDS * SAMPLE_RATE) * 2
@@ -108,6 +111,7 @@ def _talk_with_files(client: ChatClient, files: list[Path]) -> bool:
         for chunk in capture(str(path), None):
             client.send_audio(chunk)
         client.socket.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        client.socket.send(json.dumps({"type": "response.create"}))
         completed = client.answer() == "completed" and completed
     return completed
 
@@ -166,10 +170,16 @@ def _run(args: argparse.Namespace) -> None:
 
     if bool(args.inputs) == args.microphone:
         sys.exit("give audio files, or --microphone, not both")
-    session = {"output_modality": "text" if args.text else "speech", "max_response_seconds": args.max_seconds}
-    session.update({key: value for key, value in (("seed", args.seed), ("speaker", args.speaker)) if value is not None})
-    if args.microphone:
-        session["turn_detection"] = {"type": "server_vad", "silence_ms": args.silence_ms}
+    turn_detection = {"type": "server_vad", "silence_duration_ms": args.silence_ms} if args.microphone else None
+    output = {"format": PCM} if args.speaker is None else {"format": PCM, "voice": args.speaker}
+    session = {
+        "type": "realtime",
+        "output_modalities": ["text" if args.text else "audio"],
+        "audio": {"input": {"format": PCM, "turn_detection": turn_detection}, "output": output},
+        "max_response_seconds": args.max_seconds,  # a spiritserve extension
+    }
+    if args.seed is not None:
+        session["seed"] = args.seed
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     try:
         socket = connect(args.url, max_size=2**24, open_timeout=30, additional_headers=headers)
@@ -206,6 +216,6 @@ def add_parser(commands) -> None:
     parser.add_argument("--text", action="store_true", help="ask for text answers instead of speech")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="speech answer budget per turn")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--speaker", type=int)
+    parser.add_argument("--speaker", help="the answering voice: a speaker name from speakers.txt or its index")
     parser.add_argument("--timeout", type=float, default=120.0, help="longest wait for a server event (s)")
     parser.set_defaults(run=_run)

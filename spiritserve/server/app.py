@@ -23,9 +23,11 @@ from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
 from spiritserve.server.admission import Admission, ApiKeys, RateLimiter, load_api_keys
 from spiritserve.server.auth import AccessMiddleware, OriginPolicy
+from spiritserve.server.docs_pages import install_docs
 from spiritserve.server.error_messages import error_body, error_headers
 from spiritserve.server.limits import BodySizeLimitMiddleware
 from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
+from spiritserve.server.openai_routes import router as openai_router
 from spiritserve.server.realtime import router as realtime_router
 from spiritserve.server.routes import ClientDisconnected, router
 from spiritserve.server.web import router as web_router
@@ -140,6 +142,8 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Spirit LM speech and text generation served with vLLM.",
+        docs_url=None,  # /docs and /redoc come from install_docs: assets served from here, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -148,8 +152,10 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     app.state.admission = admission
     metrics.watch(admission, app.state)
     app.include_router(router)
+    app.include_router(openai_router)  # /v1/chat/completions, /v1/audio/*, /v1/models
     app.include_router(realtime_router)
     app.include_router(web_router)  # the voice-chat page at /
+    install_docs(app)  # /docs, /redoc and /static/docs/*, before /static would shadow them
     app.mount("/static", static_files(), name="static")
     install_error_handlers(app)
     # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.

@@ -1,56 +1,153 @@
-"""The `/v1/realtime` websocket protocol: a documented subset of OpenAI Realtime events, as pydantic models.
+"""The `/v1/realtime` websocket protocol: OpenAI's GA Realtime events (docs/realtime.md's subset) as pydantic models.
 
 Every message is one JSON object with a `type`. Client events are validated here; anything unknown or
-malformed is answered with an `error` event (never a dropped socket). Audio travels as base64 PCM16
-little-endian mono: input at the session's `input_sample_rate`, output at 16 kHz. Version: `PROTOCOL`.
+malformed is answered with an `error` event (never a dropped socket). Fields OpenAI defines that this server
+does not act on (tools, tracing, ...) are accepted, ignored and named in `session.updated`. Audio travels as
+base64 in the session's formats: `audio/pcm` (PCM16 LE mono, 24 kHz), `audio/pcmu` / `audio/pcma` (G.711, 8 kHz).
+The model works at 16 kHz; the server resamples. The server's event shapes follow `openai.types.realtime`.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-PROTOCOL = "spiritserve.realtime.v1"
-OUTPUT_SAMPLE_RATE = 16_000
+PROTOCOL = "spiritserve.realtime.v1"  # also the subprotocol browsers offer beside their key (admission.py)
+MODEL_SAMPLE_RATE = 16_000
+MIN_SPEECH_MS = 200  # speech needed before a pause can end the turn
+
+# OpenAI session fields accepted and ignored (not yet acted on), per level of the session object.
+IGNORED_SESSION_FIELDS = ("tools", "tool_choice", "tracing", "include", "prompt", "truncation",
+                          "parallel_tool_calls", "reasoning")  # fmt: skip
+IGNORED_INPUT_FIELDS = ("noise_reduction", "transcription")
+IGNORED_OUTPUT_FIELDS = ("speed",)
+IGNORED_TURN_DETECTION_FIELDS = ("idle_timeout_ms",)
+IGNORED_RESPONSE_FIELDS = ("tools", "tool_choice", "prompt", "parallel_tool_calls", "reasoning", "metadata")
 
 
-class _Event(BaseModel):
+TokenLimit = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
+
+
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    event_id: str | None = Field(None, max_length=128, description="echoed back in errors about this event")
 
 
-class TurnDetection(BaseModel):
-    """Server-side end-of-speech detection: energy over 20 ms frames; a turn ends after `silence_ms`."""
+class PcmFormat(_Strict):
+    """PCM16 little-endian mono at 24 kHz (OpenAI's only PCM rate)."""
 
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["server_vad"] = "server_vad"
-    threshold: float = Field(0.02, gt=0, le=1, description="RMS above which a 20 ms frame is speech")
-    silence_ms: int = Field(500, ge=100, le=5000, description="silence that ends the user's turn")
-    min_speech_ms: int = Field(200, ge=20, le=5000, description="speech needed before a turn can end")
+    type: Literal["audio/pcm"]
+    rate: Literal[24000] = 24000
 
 
-class SessionConfig(BaseModel):
-    """What a client may set with `session.update` (all optional; omitted fields keep their value)."""
+class PcmuFormat(_Strict):
+    """G.711 μ-law, 8 kHz."""
 
-    model_config = ConfigDict(extra="forbid")
-    output_modality: Literal["speech", "text"] = "speech"
-    speaker: int | None = Field(None, ge=0)
+    type: Literal["audio/pcmu"]
+
+
+class PcmaFormat(_Strict):
+    """G.711 A-law, 8 kHz."""
+
+    type: Literal["audio/pcma"]
+
+
+AudioFormat = Annotated[PcmFormat | PcmuFormat | PcmaFormat, Field(discriminator="type")]
+
+
+def format_rate(audio_format: PcmFormat | PcmuFormat | PcmaFormat) -> int:
+    return audio_format.rate if isinstance(audio_format, PcmFormat) else 8_000
+
+
+def bytes_per_sample(audio_format: PcmFormat | PcmuFormat | PcmaFormat) -> int:
+    return 2 if isinstance(audio_format, PcmFormat) else 1
+
+
+class ServerVad(_Strict):
+    """End-of-turn detection. Today an energy gate over 20 ms frames (not Silero): a frame is speech when its
+    RMS exceeds 0.04 × `threshold` (0.5 → 0.02, about −34 dBFS)."""
+
+    type: Literal["server_vad"]
+    threshold: float = Field(0.5, gt=0, le=1)
+    prefix_padding_ms: int = Field(300, ge=0, le=5000, description="audio kept before the speech start")
+    silence_duration_ms: int = Field(500, ge=100, le=5000, description="silence that ends the user's turn")
+    create_response: bool = Field(True, description="start a response when the turn ends")
+    interrupt_response: bool = Field(True, description="cancel the running response when speech starts")
+    idle_timeout_ms: int | None = None  # accepted, ignored
+
+    @property
+    def rms_threshold(self) -> float:
+        return 0.04 * self.threshold
+
+
+class AudioInput(_Strict):
+    format: AudioFormat = PcmFormat(type="audio/pcm")
+    turn_detection: ServerVad | None = ServerVad(type="server_vad")
+    noise_reduction: Any = None  # accepted, ignored
+    transcription: Any = None  # accepted, ignored
+
+
+class AudioOutput(_Strict):
+    format: AudioFormat = PcmFormat(type="audio/pcm")
+    voice: str | int | None = Field(None, description="a vocoder speaker: its name in speakers.txt or its index")
+    speed: float | None = None  # accepted, ignored
+
+
+class AudioConfig(_Strict):
+    input: AudioInput = AudioInput()
+    output: AudioOutput = AudioOutput()
+
+
+class _IgnoredOpenAIFields(_Strict):
+    """Valid OpenAI fields of sessions and responses that are accepted and left unused (no function calling,
+    stored prompts or reasoning here), so clients that send them are not refused."""
+
+    tools: Any = None
+    tool_choice: Any = None
+    prompt: Any = None
+    parallel_tool_calls: Any = None
+    reasoning: Any = None
+
+
+class SessionConfig(_IgnoredOpenAIFields):
+    """The effective session (`session.update` changes parts of it; omitted fields keep their value)."""
+
+    type: Literal["realtime"] = "realtime"
+    model: str | None = Field(None, max_length=256, description="ignored: the server's model answers")
+    output_modalities: list[Literal["audio", "text"]] = Field(["audio"], min_length=1, max_length=1)
+    instructions: str = Field("", max_length=20_000, description="text put first in every prompt")
+    max_output_tokens: TokenLimit = Field("inf", description="generated tokens per response")
+    audio: AudioConfig = AudioConfig()
+    # spiritserve extensions (the SDK's types tolerate extra fields)
     temperature: float = Field(0.8, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)  # the engine takes 64-bit seeds
-    max_response_seconds: float = Field(10.0, gt=0, le=120)
-    max_response_tokens: int = Field(100, ge=1, le=4096, description="text responses")
-    input_sample_rate: int = Field(16_000, ge=8_000, le=48_000)
-    turn_detection: TurnDetection | None = None
+    max_response_seconds: float = Field(10.0, gt=0, le=120, description="speech per response")
+    # more OpenAI fields accepted and ignored
+    tracing: Any = None
+    include: Any = None
+    truncation: Any = None
+
+
+class ResponseOverrides(_IgnoredOpenAIFields):
+    """`response.create`'s `response`: per-response changes (others are not supported yet)."""
+
+    output_modalities: list[Literal["audio", "text"]] | None = Field(None, min_length=1, max_length=1)
+    instructions: str | None = Field(None, max_length=20_000)
+    max_output_tokens: TokenLimit | None = None
+    metadata: Any = None
+
+
+class _Event(_Strict):
+    event_id: str | None = Field(None, max_length=128, description="echoed back in errors about this event")
 
 
 class SessionUpdate(_Event):
     type: Literal["session.update"]
-    session: dict = Field(description="fields of SessionConfig to change")
+    session: dict = Field(description="parts of the session to change")
 
 
 class InputAudioAppend(_Event):
     type: Literal["input_audio_buffer.append"]
-    audio: str = Field(description="base64 PCM16 LE mono at the session's input_sample_rate")
+    audio: str = Field(description="base64 audio in the session's input format")
 
 
 class InputAudioCommit(_Event):
@@ -63,10 +160,12 @@ class InputAudioClear(_Event):
 
 class ResponseCreate(_Event):
     type: Literal["response.create"]
+    response: ResponseOverrides | None = None
 
 
 class ResponseCancel(_Event):
     type: Literal["response.cancel"]
+    response_id: str | None = Field(None, max_length=128)
 
 
 ClientEvent = Annotated[
@@ -76,8 +175,35 @@ ClientEvent = Annotated[
 CLIENT_EVENTS = TypeAdapter(ClientEvent)
 
 
-def error_event(code: str, message: str, event_id: str | None = None) -> dict:
+def merge_session(current: dict, update: dict) -> dict:
+    """`current` with `update`'s fields: `audio`, `audio.input` and `audio.output` merge field by field; other
+    values (a format, turn_detection) are replaced whole."""
+    merged = {**current, **update}
+    if isinstance(current.get("audio"), dict) and isinstance(update.get("audio"), dict):
+        audio = {**current["audio"], **update["audio"]}
+        for side in ("input", "output"):
+            if isinstance(current["audio"].get(side), dict) and isinstance(update["audio"].get(side), dict):
+                audio[side] = {**current["audio"][side], **update["audio"][side]}
+        merged["audio"] = audio
+    return merged
+
+
+def ignored_fields(update: dict) -> list[str]:
+    """The OpenAI fields in a `session.update` that this server accepts but does not act on."""
+    names = [name for name in IGNORED_SESSION_FIELDS if name in update]
+    audio = update.get("audio") if isinstance(update.get("audio"), dict) else {}
+    for side, fields in (("input", IGNORED_INPUT_FIELDS), ("output", IGNORED_OUTPUT_FIELDS)):
+        part = audio.get(side) if isinstance(audio.get(side), dict) else {}
+        names += [f"audio.{side}.{name}" for name in fields if name in part]
+    turn = (audio.get("input") or {}).get("turn_detection") if isinstance(audio.get("input"), dict) else None
+    if isinstance(turn, dict):
+        names += [f"audio.input.turn_detection.{name}" for name in IGNORED_TURN_DETECTION_FIELDS if name in turn]
+    return names
+
+
+def error_event(code: str, message: str, event_id: str | None = None, param: str | None = None) -> dict:
     return {
         "type": "error",
-        "error": {"type": "invalid_request_error", "code": code, "message": message, "event_id": event_id},
-    }
+        "error": {"type": "invalid_request_error", "code": code, "message": message, "event_id": event_id,
+                  "param": param},
+    }  # fmt: skip

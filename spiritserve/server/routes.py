@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from spiritserve.errors import (
     AudioTooLongError,
@@ -48,7 +48,7 @@ T = TypeVar("T")
 WAV_MEDIA_TYPE = "audio/wav"
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
-_ERROR_DESCRIPTIONS = {
+ERROR_DESCRIPTIONS = {
     400: "undecodable audio, or a body that cannot be parsed",
     401: "no API key, or a wrong one (where keys are required)",
     408: "the request body did not arrive in time",
@@ -62,12 +62,14 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def error_responses(*codes: int) -> dict:
-    """OpenAPI entries for the errors a route can answer, all with the one error body."""
+def error_responses(
+    *codes: int, model: type[BaseModel] = ErrorResponse, descriptions: dict[int, str] = ERROR_DESCRIPTIONS
+) -> dict:
+    """OpenAPI entries for the errors a route can answer, all with one error body (the service's by default)."""
     return {
         code: {
-            "model": ErrorResponse,
-            "description": _ERROR_DESCRIPTIONS[code],
+            "model": model,
+            "description": descriptions[code],
             **({"headers": _RETRY_AFTER} if code in (429, 503) else {}),
         }
         for code in codes

@@ -19,8 +19,8 @@ def test_chat_speaks_two_turns_and_saves_the_answers(server_url: str, tmp_path: 
     assert result.returncode == 0, result.stderr
     for turn in (1, 2):
         info = soundfile.info(tmp_path / f"a-{turn}.wav")
-        assert info.samplerate == 16000 and info.channels == 1 and info.frames > 0 and info.frames % 640 == 0
-        assert info.frames <= 16000  # at most the 1 s asked
+        assert info.samplerate == 24000 and info.channels == 1 and info.frames > 0 and info.frames % 960 == 0
+        assert info.frames <= 24000  # at most the 1 s asked
         assert f"turn {turn}: completed, " in result.stdout
 
 
@@ -45,4 +45,4 @@ def test_chat_live_capture_ends_turns_by_voice_activity(server_url: str, tmp_pat
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "turn 1: completed" in result.stdout
-    assert soundfile.info(tmp_path / "live-1.wav").frames % 640 == 0
+    assert soundfile.info(tmp_path / "live-1.wav").frames % 960 == 0  # whole vocoder hops at 24 kHz

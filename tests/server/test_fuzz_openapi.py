@@ -29,8 +29,10 @@ EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 60}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           allow_header_conformance]  # fmt: skip
 MODEL_ROUTES = [("POST", "/v1/speech/continue"), ("POST", "/v1/generate"), ("POST", "/v1/tokenize"),
-                ("POST", "/v1/synthesize")]  # fmt: skip
-PROBE_ROUTES = [("GET", "/healthz"), ("GET", "/readyz")]  # no parameters: nothing invalid to generate
+                ("POST", "/v1/synthesize"), ("POST", "/v1/chat/completions"), ("POST", "/v1/audio/speech"),
+                ("POST", "/v1/audio/transcriptions")]  # fmt: skip
+# Nothing invalid to generate (the model id is any string: unknown ones get their documented 404).
+PROBE_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}")]
 CASES = [(*route, GenerationMode.POSITIVE) for route in MODEL_ROUTES + PROBE_ROUTES] + [
     (*route, GenerationMode.NEGATIVE) for route in MODEL_ROUTES
 ]

@@ -204,10 +204,10 @@ SMALL_LIMIT = 2_000_000  # 62.5 s of 16 kHz mono, 10.4 s of 48 kHz mono
 
 @pytest.fixture(scope="module")
 def small_limit_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SPIRITSERVE_MAX_DECODED_BYTES", str(SMALL_LIMIT))
-        with start_server(tiny_bundle, tmp_path_factory) as client:
-            yield client
+    # 60 s of audio allowed, so that at the websocket's 24 kHz the decoded-size limit is the one that binds.
+    env = {"SPIRITSERVE_MAX_DECODED_BYTES": str(SMALL_LIMIT), "SPIRITSERVE_MAX_AUDIO_SECONDS": "60"}
+    with start_server(tiny_bundle, tmp_path_factory, env) as client:
+        yield client
 
 
 def test_the_setting_limits_uploads(small_limit_server):
@@ -220,14 +220,16 @@ def test_the_setting_limits_uploads(small_limit_server):
 
 def test_the_setting_limits_the_realtime_input_buffer(small_limit_server):
     url = str(small_limit_server.base_url).rstrip("/").replace("http://", "ws://") + "/v1/realtime"
-    chunk = base64.b64encode(bytes(480_000)).decode()  # 5 s of 48 kHz PCM16
+    chunk = base64.b64encode(bytes(240_000)).decode()  # 5 s of 24 kHz PCM16
+    session = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24_000},
+                                                       "turn_detection": None}}}  # fmt: skip
     with connect(url, max_size=2**24) as socket:
         assert json.loads(socket.recv(timeout=30))["type"] == "session.created"
-        socket.send(json.dumps({"type": "session.update", "session": {"input_sample_rate": 48_000}}))
+        socket.send(json.dumps({"type": "session.update", "session": session}))
         assert json.loads(socket.recv(timeout=30))["type"] == "session.updated"
-        for _ in range(2):  # 10 s fit: 960 kB of PCM16, 1.92 MB as float32
+        for _ in range(4):  # 20 s fit: 960 kB of PCM16, 1.92 MB as float32
             socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
-        socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk, "event_id": "third"}))
+        socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk, "event_id": "fifth"}))
         error = json.loads(socket.recv(timeout=30))
     assert error["type"] == "error" and error["error"]["code"] == "input_audio_buffer_full", error
-    assert "at most 10.42 s" in error["error"]["message"]
+    assert "at most 20.83 s" in error["error"]["message"]

@@ -31,6 +31,9 @@ CLIP = FIXTURES / "espeak_16k_mono.flac"
 KEY = "sk-hostile-test"
 BODY_READ_TIMEOUT_S = 1.5
 ALLOWED_ORIGIN = "https://app.example.com"
+# The OpenAI-compatible routes (spiritserve/server/openai_routes.py) document OpenAI's error shape instead.
+OPENAI_ROUTES = {"/v1/chat/completions", "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/models",
+                 "/v1/models/{model_id}"}  # fmt: skip
 TEXT_REQUEST = {"inputs": [{"type": "text", "text": "hello"}], "output_modality": "text", "max_new_tokens": 2}
 
 
@@ -182,11 +185,15 @@ def test_the_openapi_document_resolves_and_documents_audio_answers_and_errors(cl
         for method, operation in operations.items():
             errors = {code: entry for code, entry in operation["responses"].items() if code[0] in "45"}
             assert {"401", "429", "500"} <= set(errors), (route, method)
+            openai_route = route in OPENAI_ROUTES  # OpenAI's error shape, 400 for invalid values (no 422)
             for code, entry in errors.items():
                 readiness = route == "/readyz" and code == "503"  # not ready: the readiness body, not an error
                 expected = {"$ref": "#/components/schemas/Readiness"} if readiness else error_schema
+                expected = {"$ref": "#/components/schemas/OpenAIErrorResponse"} if openai_route else expected
                 assert entry["content"]["application/json"]["schema"] == expected, (route, method, code)
-            if route.startswith("/v1/"):
+            if openai_route and method == "post":
+                assert {"400", "404", "408", "413", "415", "503"} <= set(errors), (route, method)
+            elif route.startswith("/v1/") and not openai_route:
                 assert {"400", "408", "413", "415", "422", "503"} <= set(errors), (route, method)
                 assert "retry-after" in {name.lower() for name in errors["503"]["headers"]}
     assert "503" in paths["/readyz"]["get"]["responses"]

@@ -1,4 +1,6 @@
-"""`/v1/realtime` with a real websocket client against the real server (and its real vLLM engine)."""
+"""`/v1/realtime` with a real websocket client against the real server (and its real vLLM engine).
+
+Every server event is checked against the official SDK's pydantic types (`openai.types.realtime`)."""
 
 import base64
 import contextlib
@@ -9,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -16,7 +20,21 @@ from spiritserve.resample import resample
 from tests.conftest import SERVER_MAX_REALTIME_SESSIONS, SERVER_REALTIME_IDLE_TIMEOUT_S
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
-HOP = 640
+HOP = 960  # one vocoder hop (320 samples at 16 kHz) at the 24 kHz output rate
+OUTPUT_RATE = 24000
+SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
+MANUAL_TURNS = {"input": {"turn_detection": None}}
+# A spoken answer's events in GA order (deltas collapsed).
+SPOKEN_ANSWER = [
+    "response.created",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_audio.delta",
+    "response.output_audio.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.done",
+]
 
 
 def pcm16(path: Path, rate: int = 16000) -> bytes:
@@ -25,7 +43,7 @@ def pcm16(path: Path, rate: int = 16000) -> bytes:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-CLIP = pcm16(FIXTURES / "espeak_16k_mono.flac")
+CLIP = pcm16(FIXTURES / "espeak_16k_mono.flac", 24000)  # the default input format: PCM16 at 24 kHz
 
 
 class Session:
@@ -40,6 +58,7 @@ class Session:
 
     def receive(self, timeout: float = 60) -> dict:
         event = json.loads(self.socket.recv(timeout=timeout))
+        SERVER_EVENTS.validate_python(event)  # the SDK's types, strictly: required fields and their types
         self.events.append(event)
         return event
 
@@ -73,8 +92,21 @@ def session(server_url: str):
 
 
 def configure(session: Session, **fields) -> dict:
+    fields.setdefault("type", "realtime")
     session.send({"type": "session.update", "session": fields})
     return session.until("session.updated")[-1]["session"]
+
+
+def collapsed(types: list[str]) -> list[str]:
+    """Event types with runs of the same type collapsed to one."""
+    return [kind for index, kind in enumerate(types) if index == 0 or types[index - 1] != kind]
+
+
+def commit_and_answer(session: Session) -> list[dict]:
+    session.send({"type": "input_audio_buffer.commit"})
+    assert session.until("input_audio_buffer.committed")[-1]["type"] == "input_audio_buffer.committed"
+    session.send({"type": "response.create"})
+    return session.until("response.done")
 
 
 def audio_of(events: list[dict]) -> np.ndarray:
@@ -83,31 +115,31 @@ def audio_of(events: list[dict]) -> np.ndarray:
 
 
 def test_a_full_turn_streams_audio_bounded_by_its_budget(session):
-    configure(session, max_response_seconds=1, seed=3)
-    session.append(CLIP)
+    configure(session, max_response_seconds=1, seed=3, audio=MANUAL_TURNS)
+    session.append(CLIP, chunk=24000)
     session.send({"type": "input_audio_buffer.commit"})
+    committed = session.receive()
+    assert committed["type"] == "input_audio_buffer.committed" and committed["previous_item_id"] is None
+    session.send({"type": "response.create"})
     events = session.until("response.done")
-    types = [event["type"] for event in events]
-    assert types[:2] == ["input_audio_buffer.committed", "response.created"]
-    assert "response.output_audio.delta" in types
+    assert collapsed([event["type"] for event in events]) == SPOKEN_ANSWER
     done = events[-1]["response"]
     assert done["status"] == "completed" and 0 < done["usage"]["output_tokens"] <= 25  # 1 s of Hu tokens at most
+    assert done["output"][0]["role"] == "assistant" and done["output"][0]["content"][0]["type"] == "output_audio"
     audio = audio_of(events)
-    assert 0 < len(audio) <= 16000 and len(audio) % HOP == 0  # the 1 s budget bounds the audio itself
+    assert 0 < len(audio) <= OUTPUT_RATE and len(audio) % HOP == 0  # the 1 s budget bounds the audio itself
     # The answer's tokens are what the audio says: the units a budget cut are not reported (nor kept as context).
-    assert done["output"]["tokens"].count("[Hu") == done["usage"]["output_tokens"]
-    assert done["usage"]["output_audio_seconds"] == pytest.approx(len(audio) / 16000)
+    assert done["units"].count("[Hu") == done["usage"]["output_tokens"]
+    assert done["usage"]["output_audio_seconds"] == pytest.approx(len(audio) / OUTPUT_RATE)
     assert done["timings"]["first_delta_s"] <= done["timings"]["total_s"]
 
 
 def test_a_second_turn_sees_the_first_in_its_prompt(session):
-    configure(session, max_response_seconds=1, seed=4)
-    session.append(CLIP)
-    session.send({"type": "input_audio_buffer.commit"})
-    first = session.until("response.done")[-1]["response"]["usage"]
-    session.append(CLIP)
-    session.send({"type": "input_audio_buffer.commit"})
-    second = session.until("response.done")[-1]["response"]["usage"]
+    configure(session, max_response_seconds=1, seed=4, audio=MANUAL_TURNS)
+    session.append(CLIP, chunk=24000)
+    first = commit_and_answer(session)[-1]["response"]["usage"]
+    session.append(CLIP, chunk=24000)
+    second = commit_and_answer(session)[-1]["response"]["usage"]
     # turn 2's prompt = turn 1's prompt + the model's answer + the new user speech
     assert second["input_tokens"] > first["input_tokens"] + first["output_tokens"]
 
@@ -120,13 +152,15 @@ def _running_requests(client) -> float:
 
 
 def test_cancel_mid_response_stops_deltas_and_frees_the_engine(session, client):
-    configure(session, max_response_seconds=60, seed=5)  # 1500 tokens: many seconds on the tiny engine
-    session.append(CLIP)
+    configure(session, max_response_seconds=60, seed=5, audio=MANUAL_TURNS)  # 1500 tokens: many seconds here
+    session.append(CLIP, chunk=24000)
     session.send({"type": "input_audio_buffer.commit"})
+    session.send({"type": "response.create"})
     session.until("response.output_audio.delta")
     session.send({"type": "response.cancel"})
     done = session.until("response.done")[-1]["response"]
     assert done["status"] == "cancelled" and done["usage"]["output_tokens"] < 1500
+    assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled", "error": None}
     deadline = time.monotonic() + 10
     while _running_requests(client) != 0.0:
         assert time.monotonic() < deadline, "the engine request kept running after the cancel"
@@ -134,25 +168,31 @@ def test_cancel_mid_response_stops_deltas_and_frees_the_engine(session, client):
 
 
 def test_server_vad_ends_the_turn_and_new_speech_barges_in(session):
-    configure(session, max_response_seconds=30, seed=6, turn_detection={"type": "server_vad", "silence_ms": 300})
-    silence = np.zeros(16000, dtype="<i2").tobytes()
-    session.append(CLIP + silence)  # speech, then a second of silence: the turn ends by itself
+    vad = {"type": "server_vad", "silence_duration_ms": 300}  # create_response, interrupt_response: true by default
+    configure(session, max_response_seconds=30, seed=6, audio={"input": {"turn_detection": vad}})
+    silence = np.zeros(OUTPUT_RATE, dtype="<i2").tobytes()
+    session.append(CLIP + silence, chunk=24000)  # speech, then a second of silence: the turn ends by itself
     events = session.until("response.output_audio.delta")
     types = [event["type"] for event in events]
     assert types.index("input_audio_buffer.speech_started") < types.index("input_audio_buffer.speech_stopped")
-    assert "input_audio_buffer.committed" in types
-    session.append(CLIP[:16000])  # the user talks over the answer
+    assert types.index("input_audio_buffer.committed") < types.index("response.created")
+    started, stopped = (
+        next(e for e in events if e["type"] == f"input_audio_buffer.speech_{k}") for k in ("started", "stopped")
+    )
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= 1000 * len(CLIP + silence) // 2 // 24000
+    session.append(CLIP[:48000])  # the user talks over the answer
     done = session.until("response.done")[-1]["response"]
-    assert done["status"] == "cancelled"
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected"
 
 
 def test_text_output_streams_text_deltas(session):
-    configure(session, output_modality="text", max_response_tokens=8, seed=7)
-    session.append(CLIP)
-    session.send({"type": "input_audio_buffer.commit"})
-    events = session.until("response.done")
+    configure(session, output_modalities=["text"], max_output_tokens=8, seed=7, audio=MANUAL_TURNS)
+    session.append(CLIP, chunk=24000)
+    events = commit_and_answer(session)
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
-    assert text and events[-1]["response"]["output"]["text"] == text
+    assert text and events[-1]["response"]["output"][0]["content"][0]["text"] == text
+    assert next(e for e in events if e["type"] == "response.output_text.done")["text"] == text
+    assert events[-1]["response"]["usage"]["output_tokens"] <= 8
     assert not any(e["type"] == "response.output_audio.delta" for e in events)
 
 
@@ -166,7 +206,21 @@ def test_text_output_streams_text_deltas(session):
         (json.dumps({"type": "response.create"}), "empty_conversation"),
         (json.dumps({"type": "input_audio_buffer.append", "audio": "!!"}), "invalid_audio"),
         (json.dumps({"type": "session.update", "session": {"temperature": 9}}), "invalid_session"),
-        (json.dumps({"type": "session.update", "session": {"voice": "alloy"}}), "invalid_session"),
+        (
+            json.dumps({"type": "session.update", "session": {"audio": {"output": {"voice": "alloy"}}}}),
+            "invalid_session",
+        ),
+        (json.dumps({"type": "session.update", "session": {"output_modality": "text"}}), "invalid_session"),
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+                }
+            ),
+            "invalid_session",
+        ),
+        (json.dumps({"type": "session.update", "session": {"tools": [], "garbage": 1}}), "invalid_session"),
     ],
 )
 def test_protocol_errors_get_error_events_and_the_session_lives_on(session, message, code):

@@ -1,7 +1,9 @@
-// spiritserve voice chat: microphone → PCM16 → /v1/realtime (server VAD) → 16 kHz PCM16 deltas → speakers.
-// Protocol: docs/realtime.md. Counters for tests and debugging live on `window.spiritserve`.
+// spiritserve voice chat: microphone → 24 kHz PCM16 → /v1/realtime (server VAD) → 24 kHz PCM16 deltas → speakers.
+// Protocol: OpenAI's GA Realtime events, docs/realtime.md. Counters for tests and debugging live on `window.spiritserve`.
+// Audio is `audio/pcm` at 24 kHz both ways (OpenAI's default): the AudioContext runs at 24 kHz, so the browser
+// resamples the microphone for us and the answer plays at its own rate.
 
-const OUTPUT_RATE = 16000; // the server's output_audio_sample_rate
+const RATE = 24000; // audio/pcm in and out
 const CHUNK_MS = 100; // microphone audio per input_audio_buffer.append
 const PLAYBACK_LEAD_S = 0.05; // headroom when (re)starting playback after an underrun
 const MAX_BUFFERED_BYTES = 1 << 20; // drop microphone audio rather than queue more than this on a slow socket
@@ -17,7 +19,7 @@ const stats = {
   turnsCommitted: 0,
   audioDeltas: 0,
   textDeltas: 0,
-  samplesPlayed: 0, // output samples (16 kHz) scheduled for playback
+  samplesPlayed: 0, // output samples (24 kHz) scheduled for playback
   responsesDone: 0,
   responsesCompleted: 0,
   lastError: null, // {code, message}
@@ -79,18 +81,20 @@ function numberField(name) {
 }
 
 function sessionConfig() {
+  const pcm = { type: "audio/pcm", rate: RATE };
+  const vad = { type: "server_vad", silence_duration_ms: numberField("silence_ms"), threshold: numberField("threshold") };
+  for (const [key, value] of Object.entries(vad)) if (value === null) delete vad[key];
   const session = {
-    output_modality: $("output_modality").value,
+    type: "realtime",
+    output_modalities: [$("output_modality").value === "text" ? "text" : "audio"],
+    max_output_tokens: numberField("max_response_tokens"),
+    audio: { input: { format: pcm, turn_detection: $("vad").checked ? vad : null }, output: { format: pcm } },
+    // spiritserve extensions
     max_response_seconds: numberField("max_response_seconds"),
-    max_response_tokens: numberField("max_response_tokens"),
     temperature: numberField("temperature"),
     seed: numberField("seed"),
-    input_sample_rate: context.sampleRate,
-    turn_detection: $("vad").checked
-      ? { type: "server_vad", silence_ms: numberField("silence_ms"), threshold: numberField("threshold") }
-      : null,
   };
-  for (const [key, value] of Object.entries(session)) if (value === null && key !== "turn_detection") delete session[key];
+  for (const [key, value] of Object.entries(session)) if (value === null) delete session[key];
   return session;
 }
 
@@ -166,7 +170,7 @@ function playPcm16(bytes) {
   if (pcm.length === 0) return;
   const samples = new Float32Array(pcm.length);
   for (let i = 0; i < pcm.length; i++) samples[i] = pcm[i] / 32768;
-  const buffer = context.createBuffer(1, samples.length, OUTPUT_RATE);
+  const buffer = context.createBuffer(1, samples.length, RATE);
   buffer.copyToChannel(samples, 0);
   const node = context.createBufferSource();
   node.buffer = buffer;
@@ -201,12 +205,13 @@ function onServerEvent(event) {
       log(`session ${event.session.id} (${event.protocol})`);
       break;
     case "session.updated":
-      log(`session updated: input ${event.session.input_sample_rate} Hz, ` +
-        `${event.session.turn_detection ? "server VAD" : "manual turns"}, ${event.session.output_modality} answers`);
+      log(`session updated: ${event.session.audio.input.format.type} at ${event.session.audio.input.format.rate} Hz, ` +
+        `${event.session.audio.input.turn_detection ? "server VAD" : "manual turns"}, ` +
+        `${event.session.output_modalities.join("+")} answers, voice ${event.session.audio.output.voice}`);
       setStatus("listening");
       break;
     case "input_audio_buffer.speech_started":
-      stopPlayback(); // the server cancels the running answer (barge-in); stop what is already queued too
+      stopPlayback(); // the server cancels the running answer (interrupt_response); stop what is queued too
       setStatus("hearing you");
       break;
     case "input_audio_buffer.speech_stopped":
@@ -293,11 +298,7 @@ async function start() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new Error("no microphone access here: open the page over https or from localhost");
     }
-    context = new AudioContext({ latencyHint: "interactive" });
-    if (context.sampleRate > 48000 || context.sampleRate < 8000) { // the server takes 8–48 kHz input
-      await context.close();
-      context = new AudioContext({ latencyHint: "interactive", sampleRate: 48000 });
-    }
+    context = new AudioContext({ latencyHint: "interactive", sampleRate: RATE });
     await context.resume();
     stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -346,7 +347,10 @@ function stop(reason = "stopped") {
 }
 
 ui.start.addEventListener("click", () => (running ? stop() : start()));
-ui.commit.addEventListener("click", () => send({ type: "input_audio_buffer.commit" }));
+ui.commit.addEventListener("click", () => {
+  send({ type: "input_audio_buffer.commit" }); // commits only; the answer starts on response.create
+  send({ type: "response.create" });
+});
 ui.cancel.addEventListener("click", () => {
   stopPlayback();
   send({ type: "response.cancel" });
