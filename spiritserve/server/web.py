@@ -1,7 +1,7 @@
 """The browser voice-chat page: `GET /` and its static files (plain HTML/JS, no build step).
 
-The page talks to `/v1/realtime` (docs/realtime.md): it records the microphone, streams PCM16 at the
-AudioContext's rate with server VAD on, and plays the streamed 16 kHz answer gaplessly. Everything it
+The page talks to `/v1/realtime` (docs/realtime.md, OpenAI's GA events): it records the microphone, streams
+24 kHz PCM16 (`audio/pcm`) with server VAD on, and plays the streamed 24 kHz answer gaplessly. Everything it
 loads comes from this server (its Content-Security-Policy says so); nothing is fetched from elsewhere.
 """
 
