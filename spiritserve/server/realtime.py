@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from spiritserve.errors import SpiritServeError
+from spiritserve.errors import BadRequestError, SpiritServeError
 from spiritserve.pipeline import SamplingOptions, SpiritPipeline
 from spiritserve.resample import resample
 from spiritserve.server import g711
@@ -34,6 +34,7 @@ from spiritserve.server.realtime_protocol import (
     MIN_SPEECH_MS,
     MODEL_SAMPLE_RATE,
     PROTOCOL,
+    ConversationItemCreate,
     InputAudioAppend,
     InputAudioClear,
     InputAudioCommit,
@@ -249,6 +250,8 @@ class RealtimeSession:
             await self.send({"type": "input_audio_buffer.cleared"})
         elif isinstance(event, ResponseCreate):
             await self._create_response(event)
+        elif isinstance(event, ConversationItemCreate):
+            await self._create_item(event)
         elif isinstance(event, ResponseCancel):
             if self.response is None or self.response.done():
                 await self.send(error_event("no_active_response", "there is no response to cancel", event.event_id))
@@ -307,6 +310,11 @@ class RealtimeSession:
         self.buffer_start_ms += self._buffer_ms()
         self.buffer.clear()
 
+    def _buffer_limit(self) -> int:
+        """Bytes of input audio a turn may hold: the seconds limit and, as float32, the decoded-size limit."""
+        rate, width = format_rate(self.config.audio.input.format), self._sample_bytes
+        return min(int(self.settings.max_audio_seconds * rate) * width, self.settings.max_decoded_bytes // 4 * width)
+
     async def _append(self, event: InputAudioAppend) -> None:
         try:
             chunk = base64.b64decode(event.audio, validate=True)
@@ -316,9 +324,7 @@ class RealtimeSession:
         if len(chunk) % self._sample_bytes:
             await self.send(error_event("invalid_audio", "PCM16 audio needs an even byte count", event.event_id))
             return
-        rate, width = format_rate(self.config.audio.input.format), self._sample_bytes
-        # Within the seconds limit and, as float32 once committed, the decoded-size limit.
-        limit = min(int(self.settings.max_audio_seconds * rate) * width, self.settings.max_decoded_bytes // 4 * width)
+        rate, width, limit = format_rate(self.config.audio.input.format), self._sample_bytes, self._buffer_limit()
         if len(self.buffer) + len(chunk) > limit:
             seconds = limit / width / rate
             message = f"the input buffer holds at most {seconds:.4g} s; commit or clear it"
@@ -348,29 +354,64 @@ class RealtimeSession:
                     if self.response is None or self.response.done():
                         self._start_response(None)
 
+    async def _speech_units(self, data: bytes) -> str:
+        """Audio in the session's input format → the unit string the LM reads. The whole turn at once, as REST
+        resamples a whole upload (per-chunk resampling would differ at the seams)."""
+        audio_format = self.config.audio.input.format
+        samples = await asyncio.to_thread(resample, decode_audio(data, audio_format), format_rate(audio_format),
+                                          MODEL_SAMPLE_RATE)  # fmt: skip
+        return (await self.pipeline.tokenize(samples)).to_string()  # BadAudioError (too short) → error event
+
     async def _commit(self, event_id: str | None) -> bool:
         if not self.buffer:
             await self.send(error_event("input_audio_buffer_commit_empty", "the input buffer is empty", event_id))
             return False
-        audio_format = self.config.audio.input.format
-        samples = decode_audio(bytes(self.buffer), audio_format)
+        data = bytes(self.buffer)
         self._clear_buffer()
-        # The whole turn at once, as REST resamples a whole upload (per-chunk resampling would differ at the seams).
-        samples = await asyncio.to_thread(resample, samples, format_rate(audio_format), MODEL_SAMPLE_RATE)
-        units = await self.pipeline.tokenize(samples)  # BadAudioError (too short) → error event
+        units = await self._speech_units(data)
         item_id, self.next_item_id = self.next_item_id, _new_id("item")
-        self.context.append(PromptSegment(Modality.SPEECH, units.to_string()))
+        self.context.append(PromptSegment(Modality.SPEECH, units))
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id,
                          "previous_item_id": self.last_item_id})  # fmt: skip
         self.last_item_id = item_id
         return True
+
+    async def _create_item(self, event: ConversationItemCreate) -> None:
+        """A message added by the client: its text and audio parts join the conversation in order (appended at
+        the end: `previous_item_id` is accepted but items are not inserted elsewhere)."""
+        segments, described = [], []
+        for part in event.item.content:
+            if part.type == "input_text":
+                if part.text is None:
+                    raise BadRequestError("an input_text part needs 'text'")
+                segments.append(PromptSegment(Modality.TEXT, part.text))
+                described.append({"type": "input_text", "text": part.text})
+                continue
+            if part.audio is None:
+                raise BadRequestError("an input_audio part needs 'audio' (base64, in the session's input format)")
+            try:
+                data = base64.b64decode(part.audio, validate=True)
+            except ValueError as exc:
+                raise BadRequestError(f"'audio' is not valid base64: {exc}") from exc
+            if len(data) % self._sample_bytes or len(data) > self._buffer_limit():
+                raise BadRequestError("'audio' must be whole samples within the input buffer's limit")
+            segments.append(PromptSegment(Modality.SPEECH, await self._speech_units(data)))
+            described.append({"type": "input_audio", "transcript": part.transcript})
+        item_id = event.item.id or _new_id("item")
+        self.context.extend(segments)
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": event.item.role,
+                "status": "completed", "content": described}  # fmt: skip
+        for kind in ("conversation.item.added", "conversation.item.done"):
+            await self.send({"type": kind, "item": item, "previous_item_id": self.last_item_id})
+        self.last_item_id = item_id
 
     async def _create_response(self, event: ResponseCreate) -> None:
         if self.response is not None and not self.response.done():
             message = "a response is already running; cancel it first"
             await self.send(error_event("response_already_active", message, event.event_id))
         elif not self.context:
-            await self.send(error_event("empty_conversation", "commit some audio first", event.event_id))
+            message = "commit some audio or add a conversation item first"
+            await self.send(error_event("empty_conversation", message, event.event_id))
         else:
             if event.response is not None:
                 ignored = [name for name in IGNORED_RESPONSE_FIELDS if getattr(event.response, name) is not None]

@@ -168,8 +168,36 @@ class ResponseCancel(_Event):
     response_id: str | None = Field(None, max_length=128)
 
 
+class MessageContent(_Strict):
+    """One part of a message: text, or audio (base64, in the session's input format)."""
+
+    type: Literal["input_text", "input_audio"]
+    text: str | None = Field(None, min_length=1, max_length=20_000)
+    audio: str | None = Field(None, min_length=1)
+    transcript: str | None = Field(None, max_length=20_000)  # kept for reference only, as at OpenAI
+
+
+class MessageItem(_Strict):
+    """A message added to the conversation. Spirit LM is a base model: the parts of every message, in order,
+    continue the prompt whatever the role."""
+
+    type: Literal["message"]
+    role: Literal["user", "system", "assistant"]
+    content: list[MessageContent] = Field(min_length=1, max_length=64)
+    id: str | None = Field(None, min_length=1, max_length=64)
+    object: Literal["realtime.item"] | None = None
+    status: Literal["completed", "incomplete", "in_progress"] | None = None
+
+
+class ConversationItemCreate(_Event):
+    type: Literal["conversation.item.create"]
+    item: MessageItem
+    previous_item_id: str | None = Field(None, max_length=64)
+
+
 ClientEvent = Annotated[
-    SessionUpdate | InputAudioAppend | InputAudioCommit | InputAudioClear | ResponseCreate | ResponseCancel,
+    SessionUpdate | InputAudioAppend | InputAudioCommit | InputAudioClear | ResponseCreate | ResponseCancel
+    | ConversationItemCreate,
     Field(discriminator="type"),
 ]
 CLIENT_EVENTS = TypeAdapter(ClientEvent)

@@ -159,3 +159,36 @@ def test_g711_equals_audioop_where_python_still_has_it():
     codes = bytes(range(256))
     assert g711.decode_mulaw(codes).tobytes() == audioop.ulaw2lin(codes, 2)
     assert g711.decode_alaw(codes).tobytes() == audioop.alaw2lin(codes, 2)
+
+
+def test_conversation_items_of_text_and_audio_then_a_response(connection):
+    events_until(connection, "session.created")
+    connection.session.update(session={**GA_SESSION, "max_response_seconds": 1, "seed": 3})
+    events_until(connection, "session.updated")
+    text = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "The largest city is"}]}
+    connection.conversation.item.create(item=text)
+    events = events_until(connection, "conversation.item.done")
+    assert [event.type for event in events][-2:] == ["conversation.item.added", "conversation.item.done"]
+    first = events[-1].item
+    assert first.role == "user" and first.content[0].text == "The largest city is" and first.status == "completed"
+    spoken = {"type": "message", "role": "user", "content": [{"type": "input_audio",
+              "audio": base64.b64encode(CLIP).decode()}]}  # fmt: skip
+    connection.conversation.item.create(item=spoken)
+    second = events_until(connection, "conversation.item.done")[-1]
+    assert second.previous_item_id == first.id and second.item.content[0].type == "input_audio"
+    connection.response.create()
+    events = events_until(connection, "response.done")
+    assert collapsed([event.type for event in events]) == SPOKEN_ANSWER
+    assert events[-1].response.status == "completed"
+    # the prompt holds both items: more than the text's few tokens
+    assert events[-1].response.usage.input_tokens > 40
+
+
+def test_a_malformed_item_is_an_error_and_the_session_goes_on(connection):
+    events_until(connection, "session.created")
+    connection.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text"}]})
+    error = events_until(connection, "error")[-1]
+    assert "input_text" in error.error.message
+    connection.conversation.item.create(item={"type": "message", "role": "user",
+                                              "content": [{"type": "input_text", "text": "Hello"}]})  # fmt: skip
+    assert events_until(connection, "conversation.item.done")[-1].item.content[0].text == "Hello"
