@@ -211,16 +211,12 @@ class SpiritPipeline:
                 f"max_speech_seconds {options.max_speech_seconds:g} exceeds the server limit of "
                 f"{self.limits.max_speech_seconds:g} s"
             )
-        if options.max_new_tokens is not None:
-            budget = options.max_new_tokens
-        elif output == OutputModality.TEXT:
-            budget = self.limits.default_text_tokens
-        else:
-            seconds = options.max_speech_seconds or self.limits.default_speech_seconds
-            budget = speech_token_budget(seconds, self.vocoder_sizes)
-        if output != OutputModality.TEXT:
-            seconds = options.max_speech_seconds or self.limits.max_speech_seconds
-            budget = min(budget, speech_token_budget(seconds, self.vocoder_sizes))
+        if output == OutputModality.TEXT:
+            budget = options.max_new_tokens or self.limits.default_text_tokens
+        else:  # the seconds of speech in tokens (an upper bound: generation stops once the audio fills them)
+            budget = speech_token_budget(self._speech_seconds(options), self.vocoder_sizes)
+            if options.max_new_tokens is not None:
+                budget = min(budget, options.max_new_tokens)
         room = self.limits.max_model_len - prompt_tokens
         if room <= 0:
             raise BadRequestError(
@@ -350,15 +346,18 @@ class SpiritPipeline:
         except ValueError as exc:
             raise BadRequestError(str(exc)) from exc
 
-    def _speech_frame_budget(self, options: SamplingOptions) -> int:
-        """The most vocoder frames (40 ms each) a speech answer may last: ``max_speech_seconds``, else the default
-        (the server's limit when only ``max_new_tokens`` was asked), never beyond the server's limit."""
+    def _speech_seconds(self, options: SamplingOptions) -> float:
+        """How long a speech answer may last: ``max_speech_seconds``, else the default (the server's limit when
+        only ``max_new_tokens`` was asked), never beyond the server's limit. Bounds both tokens and audio."""
         seconds = options.max_speech_seconds
         if seconds is None:
             asked_tokens = options.max_new_tokens is not None
             seconds = self.limits.max_speech_seconds if asked_tokens else self.limits.default_speech_seconds
-        seconds = min(seconds, self.limits.max_speech_seconds)
-        return int(seconds * self.vocoder.sample_rate) // self.vocoder.hop
+        return min(seconds, self.limits.max_speech_seconds)
+
+    def _speech_frame_budget(self, options: SamplingOptions) -> int:
+        """The most vocoder frames (40 ms each) a speech answer may last."""
+        return int(self._speech_seconds(options) * self.vocoder.sample_rate) // self.vocoder.hop
 
     def _first_units(self, token_ids: list[int], count: int) -> list[int]:
         """The generated ids up to and including the ``count``-th HuBERT unit (what a speech budget keeps)."""
