@@ -45,6 +45,9 @@ BASE_VOCODER_DIR = VOCODER_DIRS["base"]
 LANGUAGE_MODELS_DIR = Path("spiritlm_model")
 MODEL_NAMES: dict[Variant, str] = {"base": "spirit-lm-base-7b", "expressive": "spirit-lm-expressive-7b"}
 BASE_MODEL_NAME = MODEL_NAMES["base"]
+# Written by make_tiny_bundle in the root; official roots lack it. Servers report it (GET /v1/server) so that
+# clients can say that the speech of such a bundle is noise.
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"
 UNIT_COUNTS: dict[Variant, dict[UnitKind, int]] = {
     "base": {"Hu": 501},
     "expressive": {"Hu": 501, "Pi": 64, "St": 100},
@@ -67,6 +70,11 @@ class SpiritCheckpoint:
     @property
     def variant(self) -> Variant:
         return self.language_model.variant
+
+    @property
+    def random_weights(self) -> bool:
+        """A tiny bundle of random weights (make_tiny_bundle's marker), not a trained model."""
+        return (self.root / RANDOM_WEIGHTS_MARKER).is_file()
 
 
 def embedded_default_root() -> Path:
@@ -151,12 +159,15 @@ def make_tiny_bundle(root: Path, variant: Variant = "base", seed: int = 0) -> No
         vocab_size=OFFICIAL_VOCAB_SIZES[variant],
         seed=seed,
     )
+    (root / RANDOM_WEIGHTS_MARKER).write_text("tiny random weights written by spiritserve: the speech is noise\n")
     logger.info("wrote a tiny %s bundle to %s", variant, root)
 
 
 def ensure_embedded_default(root: Path) -> None:
-    """Create the embedded tiny bundle on first start; leave an existing one untouched."""
+    """Create the embedded tiny bundle on first start; leave an existing one untouched but for the random-weights
+    marker, which bundles written before it existed lack (the embedded bundle is random by construction)."""
     if root.exists():
+        (root / RANDOM_WEIGHTS_MARKER).touch()
         return
     # Written beside and renamed into place, so an interrupted first start never leaves half a bundle.
     partial = root.with_name(root.name + ".partial")

@@ -27,21 +27,39 @@ def _serve(args: argparse.Namespace) -> None:
         sys.exit(f"spiritserve serve: {exc}")
 
     import uvicorn
+    from prometheus_client import start_http_server
 
     from spiritserve.server.app import build_app
     from spiritserve.server.drain import DrainingServer
 
+    _configure_logging(settings.log_format)
     app = build_app(settings, checkpoint)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.host, registry=app.state.metrics.exposition)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go through the root handler (_configure_logging)
+        access_log=False,  # its access lines carry the query string (?api_key=); MetricsMiddleware logs requests
         # Websocket frames beyond the session's message limit are refused by uvicorn itself (close 1009).
         ws_max_size=settings.realtime_max_message_bytes * 2,
         timeout_graceful_shutdown=5,  # after the drain: what is still open is closed this long later
     )
     DrainingServer(config, app.state.admission, settings.drain_timeout_s).run()
+
+
+def _configure_logging(log_format: str) -> None:
+    """One line per record on stderr: plain text, or a JSON object (python-json-logger) for log pipelines,
+    with the access log's fields (route, status, duration_ms, request_id, ...) as keys."""
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        fields = "%(asctime)s %(levelname)s %(name)s %(message)s"
+        formatter = JsonFormatter(fields, rename_fields={"levelname": "level"})
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(formatter)
 
 
 def _make_tiny(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 
@@ -108,11 +109,36 @@ class SpeechDelta:
 
     tokens: str
     audio: np.ndarray
+    generated_tokens: int  # the answer's ids so far, counted by the engine (last step: after any budget/stop cut)
     spoken: str | None = None  # last step only: the unit tokens the whole answer says (a budget may cut some)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A step of streamed text: what it added (may be empty), and the engine's count of the ids so far."""
+
+    text: str
+    generated_tokens: int  # EOS included, as in GenerationResult.generated_tokens
+    finish_reason: str | None = None  # last step only
 
 
 # Streaming expressive speech holds Hu units until the first Pi and St arrive, at most this many (1 s).
 STREAMING_MAX_HELD_UNITS = 25
+
+
+@dataclass(frozen=True)
+class StopScan:
+    final: int  # leading generated ids that no later stop can cut (what may be vocoded already)
+    ended: bool  # the answer has ended: it is the first `final` ids, its stop cut off
+
+
+class StopRule(Protocol):
+    """Ends an answer before its budget where the prompt taught it to end (few-shot prompts: spiritserve.few_shot).
+    One object per request: it may keep state between calls."""
+
+    def scan(self, generated: list[int]) -> StopScan:
+        """Called with all ids generated so far, each time more arrive."""
+        ...
 
 
 class SpiritPipeline:
@@ -267,7 +293,10 @@ class SpiritPipeline:
         self, segments: list[PromptSegment], output: OutputModality, options: SamplingOptions
     ) -> TokenRequest:
         """The engine request for a prompt already in segments (text, or speech as unit strings)."""
-        prompt_ids = self.tokenizer.encode_prompt(build_prompt(segments, output))
+        return self.request_for_ids(self.tokenizer.encode_prompt(build_prompt(segments, output)), output, options)
+
+    def request_for_ids(self, prompt_ids: list[int], output: OutputModality, options: SamplingOptions) -> TokenRequest:
+        """The engine request for prompt ids built elsewhere (few-shot: a cached prefix's ids, then the query's)."""
         return TokenRequest(
             prompt_ids=prompt_ids,
             max_tokens=self._token_budget(output, options, len(prompt_ids)),
@@ -287,8 +316,19 @@ class SpiritPipeline:
         request_id: str | None = None,
     ) -> GenerationResult:
         """Any-to-any generation as the reference's `Spiritlm.generate`, served through vLLM."""
+        return await self.run(await self.prepare(inputs, output, options), output, options, request_id)
+
+    async def run(
+        self,
+        request: TokenRequest,
+        output: OutputModality,
+        options: SamplingOptions,
+        request_id: str | None = None,
+        stop: StopRule | None = None,
+    ) -> GenerationResult:
+        """A prepared request to its result; `stop` may end the answer early (speech is then vocoded without
+        the stop: only ids the rule calls final reach the duration clock)."""
         request_id = request_id or uuid.uuid4().hex
-        request = await self.prepare(inputs, output, options)
         # Speech stops once the predicted durations of what was generated fill the budget (the token budget
         # only bounds it from above: deduplicated units last 40 ms or more each).
         clock = None if output == OutputModality.TEXT else self._streaming_decoder(options)
@@ -297,18 +337,25 @@ class SpiritPipeline:
         generated: list[int] = []
         finish_reason = "length"
         full = False
+        fed = 0  # generated ids already given to the clock
         stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
         async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
             async for delta in deltas:
                 generated.extend(delta.token_ids)
                 finish_reason = delta.finish_reason or finish_reason
+                scan = stop.scan(generated) if stop is not None else StopScan(len(generated), False)
                 if clock is not None:
-                    units = [token_id for token_id in delta.token_ids if self.tokenizer.classify(token_id).unit_kind]
-                    full = await self._fill(clock, aligner.push("".join(self.tokenizer.pieces(units))), max_frames)
+                    full = await self._fill(clock, self._push_units(aligner, generated[fed : scan.final]), max_frames)
+                    fed = scan.final
                     if full:
                         finish_reason = "length"
                         break
+                if scan.ended:
+                    generated, finish_reason = generated[: scan.final], "stop"
+                    break
         durations = None  # predicted by the vocoder, unless the budget cut the units
+        if clock is not None and not full and fed < len(generated):  # ids a stop rule held back until the end
+            full = await self._fill(clock, self._push_units(aligner, generated[fed:]), max_frames)
         if clock is not None and (full or await self._fill(clock, aligner.finish(), max_frames, final=True)):
             durations = clock.durations
             generated = self._first_units(generated, len(durations))
@@ -327,17 +374,22 @@ class SpiritPipeline:
         return GenerationResult(output_segments, speech, audio, len(request.prompt_ids), len(generated), finish_reason)
 
     def open_speech_stream(
-        self, request: TokenRequest, options: SamplingOptions, request_id: str | None = None
+        self,
+        request: TokenRequest,
+        options: SamplingOptions,
+        request_id: str | None = None,
+        stop: StopRule | None = None,
     ) -> AsyncIterator["SpeechDelta"]:
         """Speech output as it is generated: token deltas → aligned frames → streaming vocoder → audio chunks.
 
         The vocoder runs on the speech-worker thread, chunk by chunk (a small first chunk, then larger), so
         the first audio leaves after about ten units, not after the whole generation; chunks of concurrent
         streams go through one micro-batcher. Abandoning the iterator (client gone) aborts the engine request.
+        With a `stop` rule, ids it may still cut are held back, so a stop is never heard.
         """
         decoder = self._streaming_decoder(options)
         aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
-        return self._stream_speech(request, decoder, aligner, options, request_id or uuid.uuid4().hex)
+        return self._stream_speech(request, decoder, aligner, options, request_id or uuid.uuid4().hex, stop)
 
     def _streaming_decoder(self, options: SamplingOptions) -> StreamingDecoder:
         speaker = self.vocoder.default_speaker if options.speaker is None else options.speaker
@@ -358,6 +410,11 @@ class SpiritPipeline:
     def _speech_frame_budget(self, options: SamplingOptions) -> int:
         """The most vocoder frames (40 ms each) a speech answer may last."""
         return int(self._speech_seconds(options) * self.vocoder.sample_rate) // self.vocoder.hop
+
+    def _push_units(self, aligner: UnitAligner, token_ids: list[int]) -> AlignedUnits:
+        """The unit tokens among generated ids, into the aligner; the frames now final."""
+        units = [token_id for token_id in token_ids if self.tokenizer.classify(token_id).unit_kind]
+        return aligner.push("".join(self.tokenizer.pieces(units)))
 
     def _first_units(self, token_ids: list[int], count: int) -> list[int]:
         """The generated ids up to and including the ``count``-th HuBERT unit (what a speech budget keeps)."""
@@ -387,6 +444,7 @@ class SpiritPipeline:
         aligner: UnitAligner,
         options: SamplingOptions,
         request_id: str,
+        stop: StopRule | None,
     ) -> AsyncIterator["SpeechDelta"]:
         async def emit() -> np.ndarray:
             if not decoder.ready:
@@ -396,34 +454,49 @@ class SpiritPipeline:
         max_frames = self._speech_frame_budget(options)
         generated: list[int] = []
         full = False
+        released = 0  # generated ids already streamed
+        tokens = ""
         stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
         async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
             async for delta in deltas:
                 generated.extend(delta.token_ids)
-                tokens = "".join(self.tokenizer.pieces(delta.token_ids))
+                scan = stop.scan(generated) if stop is not None else StopScan(len(generated), False)
+                tokens = "".join(self.tokenizer.pieces(generated[released : scan.final]))
+                released = scan.final
                 full = await self._fill(decoder, aligner.push(tokens), max_frames)  # as generate() stops
                 if full:
                     break
-                yield SpeechDelta(tokens, await emit())
+                if scan.ended:
+                    generated = generated[: scan.final]
+                    break
+                yield SpeechDelta(tokens, await emit(), released)
+                tokens = ""
+        held = "".join(self.tokenizer.pieces(generated[released:]))  # what a stop rule held back until the end
+        if not full and held:
+            tokens += held
+            full = await self._fill(decoder, aligner.push(held), max_frames)
         if not full:
-            tokens = ""
             full = await self._fill(decoder, aligner.finish(), max_frames, final=True)
         spoken = self._first_units(generated, len(decoder.durations)) if full else generated
-        yield SpeechDelta(tokens, await emit(), spoken="".join(self.tokenizer.pieces(spoken)))
+        yield SpeechDelta(tokens, await emit(), len(spoken), spoken="".join(self.tokenizer.pieces(spoken)))
         logger.info("request %s: streamed %d units", request_id, len(decoder.durations))
 
-    async def stream_text(self, request: TokenRequest, request_id: str | None = None) -> AsyncIterator[str]:
-        """Text output as it is generated. SentencePiece pieces do not decode one by one (byte pieces,
-        leading spaces), so the whole text so far is decoded and only what is new is yielded."""
+    async def stream_text(self, request: TokenRequest, request_id: str | None = None) -> AsyncIterator[TextDelta]:
+        """Text output as it is generated, ending with a step that carries the finish reason. SentencePiece
+        pieces do not decode one by one (byte pieces, leading spaces), so the whole text so far is decoded and
+        only what is new is yielded."""
         request_id = request_id or uuid.uuid4().hex
         generated: list[int] = []
-        text = ""
+        count, text, finish_reason = 0, "", "length"
         async for delta in self.engine.stream(request, request_id, self.limits.generation_timeout_s):
+            count += len(delta.token_ids)
+            finish_reason = delta.finish_reason or finish_reason
             generated.extend(token for token in delta.token_ids if token != self.tokenizer.eos_id)
             decoded = self.tokenizer.decode_text(generated)
             if len(decoded) > len(text) and not decoded.endswith("\ufffd"):  # wait for whole UTF-8 characters
-                yield decoded[len(text) :]
+                yield TextDelta(decoded[len(text) :], count)
                 text = decoded
+        yield TextDelta("", count, finish_reason)
 
     async def warm_up(self) -> None:
         """Run one tiny request through every stage before reporting ready (first calls are the slowest)."""

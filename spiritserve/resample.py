@@ -87,3 +87,54 @@ class _Filter:
         weights *= window * (self.base / self.orig)
         weights[(k < 0) | (k >= self.orig + 2 * self.width)] = 0.0  # not taps of torchaudio's kernel
         return weights
+
+
+class StreamResampler:
+    """`resample` over a stream, chunk by chunk, equal to resampling the whole stream at once.
+
+    Each output sample reads the inputs within a few dozen samples of its position, so a chunk's outputs are
+    emitted once `MARGIN` inputs beyond them have arrived (`flush` emits the rest, as the whole-signal
+    resampling pads the end with zeros). Resampling restarts at a block boundary (a multiple of the reduced
+    input rate) with `MARGIN` inputs of history, so every emitted output sees exactly the taps it would offline.
+    """
+
+    MARGIN = 64  # input samples: more than the filter's reach (its width is ~7-20 samples at these rates)
+
+    def __init__(self, orig_rate: int, new_rate: int) -> None:
+        gcd = math.gcd(orig_rate, new_rate)
+        self.orig_rate, self.new_rate = orig_rate, new_rate
+        self.orig, self.new = orig_rate // gcd, new_rate // gcd
+        self._kept = np.zeros(0, dtype=np.float32)  # inputs from absolute index `_kept_start` on
+        self._kept_start = 0
+        self._inputs = 0  # inputs seen
+        self._emitted = 0  # outputs emitted
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        self._kept = np.concatenate([self._kept, samples.astype(np.float32)])
+        self._inputs += len(samples)
+        ready = max(0, (self._inputs - self.MARGIN) // self.orig * self.new)  # whole blocks with margin past them
+        return self._emit(ready)
+
+    def flush(self) -> np.ndarray:
+        return self._emit(math.ceil(np.float32(self.new * self._inputs / self.orig)))
+
+    def _emit(self, until: int) -> np.ndarray:
+        if until <= self._emitted or self.orig_rate == self.new_rate:
+            if self.orig_rate == self.new_rate:
+                out, self._emitted = self._kept[self._emitted - self._kept_start :], self._inputs
+                self._kept, self._kept_start = np.zeros(0, dtype=np.float32), self._inputs
+                return out
+            return np.zeros(0, dtype=np.float32)
+        # Start MARGIN inputs before the first output still owed, on a block boundary (or at the signal's start).
+        first_block = max(0, (self._emitted // self.new) - (self.MARGIN // self.orig + 1))
+        start = first_block * self.orig
+        assert start >= self._kept_start, (start, self._kept_start)
+        segment = self._kept[start - self._kept_start :]
+        out = resample(segment, self.orig_rate, self.new_rate)
+        offset = first_block * self.new
+        result = out[self._emitted - offset : until - offset]
+        self._emitted = until
+        keep_from = max(0, (self._emitted // self.new - (self.MARGIN // self.orig + 1)) * self.orig)
+        # A copy: a view would keep the whole last push alive (a session's VAD resampler lives as long as it).
+        self._kept, self._kept_start = self._kept[keep_from - self._kept_start :].copy(), keep_from
+        return result

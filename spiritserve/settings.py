@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     default_text_tokens: int = Field(50, gt=0, description="text output budget when none is asked (STSP: 50)")
     generation_timeout_s: float = Field(120.0, gt=0, description="wall-clock limit of one generation")
 
+    asr_examples: Path | None = Field(
+        None, description="few-shot transcription pool: a folder of NAME.<audio> + NAME.txt pairs; unset: zero-shot"
+    )
+    tts_examples: Path | None = Field(
+        None, description="few-shot speech pool, the same layout plus stop.<audio> (spoken 'stop'); unset: zero-shot"
+    )
+
     batch_max_size: int = Field(16, ge=1, le=256, description="most requests one speech-stage batch holds")
     batch_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill")
 
@@ -65,6 +72,10 @@ class Settings(BaseSettings):
     max_queue_per_stage: int = Field(256, ge=1, description="items waiting per speech stage; more get 503")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per key (or address) per minute; 0: off")
     drain_timeout_s: float = Field(60.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port only, keyless (unset: on the main port)"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
 
     engine_dtype: str = "bfloat16"
     engine_max_model_len: int = Field(4096, gt=0)

@@ -39,7 +39,7 @@ def tiny_expressive_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -51,7 +51,7 @@ def serve_process(
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`spiritserve serve` in a subprocess on a loopback port, ready (engine started, warmed up): (url, process).
     `env` adds to or overrides the test settings below; the server is stopped (SIGTERM) on exit."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         **os.environ,
@@ -66,6 +66,7 @@ def serve_process(
     command = [sys.executable, "-m", "spiritserve", "serve", "--checkpoints", str(root), "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process.log_path = log_path  # what the server printed, for tests that read its logs
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     try:

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from spiritserve.checkpoints import BASE_MODEL_NAME, LANGUAGE_MODELS_DIR, make_tiny_bundle, open_checkpoint
+from spiritserve.checkpoints import (
+    BASE_MODEL_NAME,
+    LANGUAGE_MODELS_DIR,
+    RANDOM_WEIGHTS_MARKER,
+    make_tiny_bundle,
+    open_checkpoint,
+)
 from spiritserve.errors import CheckpointError
 
 OFFICIAL_BASE_FILES = [
@@ -35,6 +41,14 @@ def test_tiny_bundle_has_every_official_file(tiny_bundle: Path):
     assert config["vocab_size"] == 32512 and config["rope_theta"] == 100000.0
     weights = torch.load(tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin", weights_only=True)
     assert weights["model.embed_tokens.weight"].shape[0] == 32512 and "lm_head.weight" in weights
+
+
+def test_only_tiny_bundles_say_their_weights_are_random(tiny_bundle: Path, tmp_path: Path):
+    assert open_checkpoint(tiny_bundle).random_weights
+    official = tmp_path / "official"  # the official layout, which has no marker
+    shutil.copytree(tiny_bundle, official)
+    (official / RANDOM_WEIGHTS_MARKER).unlink()
+    assert not open_checkpoint(official).random_weights
 
 
 def test_variant_comes_from_the_tokenizer_not_the_folder_name(tiny_bundle: Path, tmp_path: Path):

@@ -5,12 +5,14 @@
 - Per-key rate: `rate_limit_per_minute` requests per API key (per client address without keys), a
   token bucket; beyond it, 429 with Retry-After.
 - API keys: `Authorization: Bearer KEY`, or `?api_key=KEY` where a browser cannot set headers (the
-  websocket); compared in constant time. Paths in `public_paths` (exact, or a prefix ending in `*`)
-  need no key.
+  websocket); compared in constant time; a key file is re-read when it changes. Paths in `public_paths`
+  (exact, or a prefix ending in `*`) need no key.
 - Draining: once SIGTERM has started a drain, new work is refused with 503.
 """
 
+import asyncio
 import hmac
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -19,23 +21,52 @@ from pathlib import Path
 
 from spiritserve.errors import OverloadedError, RateLimitedError, UnauthorizedError
 
-
-def load_api_keys(inline: str | None, file: Path | None) -> list[str]:
-    """Keys from a comma-separated setting and/or a file with one key per line (blank lines ignored)."""
-    keys = [key.strip() for key in (inline or "").split(",") if key.strip()]
-    if file is not None:
-        keys += [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    return keys
+logger = logging.getLogger(__name__)
 
 
 class ApiKeys:
-    def __init__(self, keys: list[str], public_paths: list[str]) -> None:
-        self._keys = [key.encode() for key in keys]
+    """The accepted keys: inline ones, plus a file's (one key per line, blank lines ignored). The file is read
+    again whenever it changes (checked at most once a second), so a key is added or revoked by rewriting the
+    file (e.g. updating a mounted Secret) without restarting the server; a file that cannot be read keeps the
+    keys last read, with a warning."""
+
+    def __init__(self, keys: list[str], public_paths: list[str], file: Path | None = None) -> None:
+        self._inline = [key.encode() for key in keys]
         self.public_paths = public_paths
+        self._file = file
+        self._file_keys: list[bytes] = []
+        self._file_version: tuple[int, int] | None = None
+        self._checked_at = -math.inf
+        if file is not None:
+            self._file_keys = self._read(file)
+            self._file_version = self._version(file)
+            self._checked_at = time.monotonic()
+
+    @staticmethod
+    def _read(file: Path) -> list[bytes]:
+        return [line.strip().encode() for line in file.read_text().splitlines() if line.strip()]
+
+    @staticmethod
+    def _version(file: Path) -> tuple[int, int]:
+        stat = file.stat()  # follows the symlinks a Secret volume swaps on update
+        return stat.st_mtime_ns, stat.st_size
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self._file is None or now - self._checked_at < 1:
+            return
+        self._checked_at = now
+        try:
+            version = self._version(self._file)
+            if version != self._file_version:
+                self._file_keys, self._file_version = self._read(self._file), version
+                logger.info("API keys reloaded from %s: %d keys", self._file, len(self._file_keys))
+        except OSError as exc:
+            logger.warning("API key file %s unreadable (%s); keeping the keys last read", self._file, exc)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._inline) or self._file is not None
 
     def is_public(self, path: str) -> bool:
         return any(
@@ -46,9 +77,10 @@ class ApiKeys:
         """The caller's key if it is one of ours (every key compared, in constant time); else 401."""
         if presented is None:
             raise UnauthorizedError("an API key is required: send 'Authorization: Bearer KEY'")
+        self._refresh()
         candidate = presented.encode()
         matched = False
-        for key in self._keys:
+        for key in self._inline + self._file_keys:
             matched |= hmac.compare_digest(candidate, key)
         if not matched:
             raise UnauthorizedError("the API key is not valid")
@@ -100,6 +132,7 @@ class Admission:
         self.in_flight = 0
         self.realtime_responses = 0  # websocket answers being generated (a drain waits for them too)
         self.draining = False
+        self.drain_started = asyncio.Event()  # set on the event loop once `draining` is; wakes idle sessions
 
     @property
     def busy(self) -> bool:

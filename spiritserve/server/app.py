@@ -1,7 +1,8 @@
 """App factory: `build_app(settings)` builds the FastAPI app; models and the engine live in its lifespan.
 
-Nothing heavy happens at import. Start-up loads the checkpoint strictly, starts vLLM, warms every stage
-with one dummy request, and only then serves (so `/readyz` is true from the first request it answers).
+Nothing heavy happens at import. Start-up reads the few-shot pools (if any), loads the checkpoint strictly, starts
+vLLM, tokenizes the pools, warms every stage with one dummy request, and only then serves (so `/readyz` is true from
+the first request it answers).
 """
 
 import asyncio
@@ -13,15 +14,16 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spiritserve import __version__
 from spiritserve.checkpoints import SpiritCheckpoint
 from spiritserve.engine.engine import LanguageModelEngine
 from spiritserve.errors import SpiritServeError
+from spiritserve.few_shot import FewShotPrompts, build_prompts, read_pools
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
-from spiritserve.server.admission import Admission, ApiKeys, RateLimiter, load_api_keys
+from spiritserve.server.admission import Admission, ApiKeys, RateLimiter
 from spiritserve.server.auth import AccessMiddleware, OriginPolicy
 from spiritserve.server.docs_pages import install_docs
 from spiritserve.server.error_messages import error_body, error_headers
@@ -34,6 +36,7 @@ from spiritserve.server.web import router as web_router
 from spiritserve.server.web import static_files
 from spiritserve.settings import Settings
 from spiritserve.tokenizers.speech import SpeechTokenizer
+from spiritserve.vad import load_vad
 from spiritserve.vocoder.base import UnitVocoder
 from spiritserve.weights import config_key_policy
 
@@ -126,8 +129,12 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Read before the engine starts, so that a bad file fails start-up in seconds.
+        pools = await asyncio.to_thread(read_pools, settings, checkpoint.variant == "expressive")
+        app.state.vad_factory = await asyncio.to_thread(load_vad)  # server VAD: one model, each session's own state
         pipeline = await load_pipeline(settings, checkpoint, metrics)
         try:
+            app.state.few_shot = await build_prompts(pipeline, *pools)
             await pipeline.warm_up()
             app.state.pipeline = pipeline
             logger.info("ready")
@@ -148,6 +155,7 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipeline = None
+    app.state.few_shot = FewShotPrompts()  # zero-shot; the lifespan builds the configured pools' prompts
     app.state.realtime_sessions = 0
     app.state.admission = admission
     metrics.watch(admission, app.state)
@@ -165,8 +173,9 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
         body_read_timeout_s=settings.body_read_timeout_s,
     )
     api_keys = ApiKeys(
-        load_api_keys(settings.api_keys, settings.api_keys_file),
+        [key.strip() for key in (settings.api_keys or "").split(",") if key.strip()],
         [path.strip() for path in settings.public_paths.split(",") if path.strip()],
+        settings.api_keys_file,
     )
     app.add_middleware(
         AccessMiddleware,
@@ -176,10 +185,10 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        # Our series plus vLLM's (running/waiting requests, KV-cache usage), which vLLM keeps in the default registry.
-        body = generate_latest(metrics.registry) + generate_latest(REGISTRY)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:  # else the metrics port serves them (cli), and no Ingress can publish them
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -2,7 +2,9 @@
 
 Readiness turns false and new work is refused (503 Retry-After, websocket 1013) at once; requests and
 websocket answers already running may finish, up to `drain_timeout_s`; then uvicorn shuts down and the
-process exits 0. A second signal, or SIGINT, keeps uvicorn's own immediate behaviour.
+process exits 0. Open realtime sessions refuse new responses, and each is closed with 1012 (service restart:
+reconnect) as soon as it has no answer running, so its client moves to another replica instead of waiting
+for the shutdown. A second signal, or SIGINT, keeps uvicorn's own immediate behaviour.
 """
 
 import asyncio
@@ -38,6 +40,7 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._start_drain)
 
     def _start_drain(self) -> None:
+        self.admission.drain_started.set()
         self._drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:

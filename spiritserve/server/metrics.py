@@ -1,8 +1,11 @@
-"""Prometheus metrics, on a registry owned by the app (no global state shared between apps)."""
+"""Prometheus metrics, on a registry owned by the app (no global state shared between apps), and the access log."""
 
+import logging
+import re
 import time
+import uuid
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,6 +71,14 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+    @property
+    def exposition(self) -> CollectorRegistry:
+        """What `/metrics` (or the metrics port) serves: our series, then vLLM's (running/waiting requests,
+        KV-cache usage), which vLLM keeps in prometheus_client's default registry."""
+        exposition = CollectorRegistry(auto_describe=False)
+        exposition.register(_Chain(self.registry, REGISTRY))
+        return exposition
+
     def watch(self, admission, app_state) -> None:
         """Gauges read when scraped: requests in flight, and items waiting in each speech stage."""
         self.registry.register(_LiveGauges(admission, app_state))
@@ -83,6 +94,15 @@ class ServiceMetrics:
         self.queue_wait.labels(stats.stage).observe(stats.queue_wait_s)
 
 
+class _Chain(Collector):
+    def __init__(self, *registries: CollectorRegistry) -> None:
+        self.registries = registries
+
+    def collect(self):
+        for registry in self.registries:
+            yield from registry.collect()
+
+
 class _LiveGauges(Collector):
     def __init__(self, admission, app_state) -> None:
         self.admission = admission
@@ -92,15 +112,30 @@ class _LiveGauges(Collector):
         in_flight = GaugeMetricFamily("spiritserve_in_flight_requests", "model requests being served now")
         in_flight.add_metric([], self.admission.in_flight)
         yield in_flight
-        depth = GaugeMetricFamily("spiritserve_queue_depth", "items waiting per speech stage", labels=["stage"])
+        # The autoscaling signal: REST work and voice sessions alike (a pod full of sessions has no REST work).
+        load = GaugeMetricFamily("spiritserve_load", "model requests in flight plus open realtime sessions")
+        load.add_metric([], self.admission.in_flight + getattr(self.app_state, "realtime_sessions", 0))
+        yield load
+        healthy = GaugeMetricFamily("spiritserve_engine_healthy", "1 while the LM engine runs, 0 once it failed")
         pipeline = getattr(self.app_state, "pipeline", None)
+        healthy.add_metric([], float(pipeline is not None and pipeline.engine.is_healthy))
+        yield healthy
+        depth = GaugeMetricFamily("spiritserve_queue_depth", "items waiting per speech stage", labels=["stage"])
         for stage, waiting in (pipeline.queue_depths() if pipeline is not None else {}).items():
             depth.add_metric([stage], waiting)
         yield depth
 
 
+access_logger = logging.getLogger("spiritserve.access")
+# A caller's X-Request-ID is kept when it is short and plain (it lands in logs); otherwise one is made.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 class MetricsMiddleware:
-    """Counts every HTTP request by its route template (not the raw path, which would explode the labels)."""
+    """Counts every HTTP request by its route template (not the raw path, which would explode the labels), and
+    logs one access line per request: method, route, path without its query (which may hold `?api_key=`),
+    status, latency and request id. The id (the caller's `X-Request-ID`, else a new one) is sent back in the
+    response's `X-Request-ID`."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -112,11 +147,14 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
 
         async def send_and_record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
@@ -124,5 +162,10 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(template, str(status)).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(template).observe(elapsed)
+            fields = {"method": scope["method"], "route": template, "path": scope["path"], "status": status,
+                      "duration_ms": round(elapsed * 1000, 1), "request_id": request_id}  # fmt: skip
+            access_logger.info("%s %s %d %.1f ms %s", scope["method"], scope["path"], status, elapsed * 1000,
+                               request_id, extra=fields)  # fmt: skip

@@ -24,13 +24,14 @@ from typing import Annotated
 
 import numpy as np
 import soundfile
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spiritserve.errors import BadRequestError, SpiritServeError
+from spiritserve.few_shot import FewShotPrompts
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
 from spiritserve.server.audio_io import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_pcm16, encode_wav, streaming_wav_header
 from spiritserve.server.error_messages import error_headers
@@ -67,6 +68,7 @@ from spiritserve.server.routes import (
 )
 from spiritserve.settings import Settings
 from spiritserve.tokens import Modality, OutputModality
+from spiritserve.voices import speaker_for
 
 logger = logging.getLogger(__name__)
 
@@ -206,18 +208,11 @@ def check_model(model: str | None, pipeline: SpiritPipeline) -> str:
 
 
 def speaker_index(voice: str | int | None, pipeline: SpiritPipeline, param: str) -> int | None:
-    """A voice is a speaker's name from the vocoder's speakers.txt or its index; None: the default speaker."""
-    if voice is None:
-        return None
-    speakers = pipeline.vocoder.speakers
-    if isinstance(voice, int) or voice.isdigit():
-        if 0 <= int(voice) < len(speakers):
-            return int(voice)
-    elif voice in speakers:
-        return speakers.index(voice)
-    raise InvalidParameterError(
-        f"unknown voice {voice!r}: the voices are {speakers} (by name, or by index 0-{len(speakers) - 1})", param
-    )
+    """The speaker a request's voice names (spiritserve.voices), or a 400 naming `param`."""
+    try:
+        return speaker_for(voice, list(pipeline.vocoder.speakers or []))
+    except ValueError as exc:
+        raise InvalidParameterError(str(exc), param) from exc
 
 
 def _encode(audio: np.ndarray, audio_format: str) -> tuple[bytes, str]:
@@ -375,19 +370,17 @@ async def _chat_events(
     yield chunk({"role": "assistant", "content": "" if output == OutputModality.TEXT else None})
     try:
         if output == OutputModality.TEXT:
-            text = ""
             async with aclosing(pipeline.stream_text(token_request, completion_id)) as pieces:
                 async for piece in pieces:
-                    text += piece
-                    yield chunk({"content": piece})
-            # stream_text yields text only: its token count is the text's, tokenized again (BOS left out).
-            completion_tokens = len(pipeline.tokenizer.encode_prompt(text)) - 1 if text else 0
-            finish_reason = "length" if completion_tokens >= token_request.max_tokens else "stop"
+                    completion_tokens = piece.generated_tokens
+                    if piece.text:
+                        yield chunk({"content": piece.text})
+            finish_reason = _finish_reason(piece.finish_reason)
         else:
             audio_id = f"audio_{uuid.uuid4().hex}"
             async with aclosing(pipeline.open_speech_stream(token_request, options, completion_id)) as deltas:
                 async for delta in deltas:
-                    completion_tokens += delta.tokens.count("[")
+                    completion_tokens = delta.generated_tokens
                     if len(delta.audio):
                         data = base64.b64encode(encode_pcm16(delta.audio)).decode()
                         yield chunk({"audio": {"id": audio_id, "data": data, "expires_at": created + AUDIO_EXPIRY_S}})
@@ -409,6 +402,13 @@ async def _chat_events(
 
 # --- audio -------------------------------------------------------------------------------------------------------
 
+
+def get_few_shot(request: Request) -> FewShotPrompts:
+    return request.app.state.few_shot
+
+
+FewShotDep = Annotated[FewShotPrompts, Depends(get_few_shot)]
+
 SPEECH_ANSWER = {
     200: {
         "description": "the speech (16 kHz mono) in `response_format`; wav and pcm are streamed as generated (a WAV "
@@ -426,10 +426,12 @@ SPEECH_ANSWER = {
 
 @router.post("/v1/audio/speech", dependencies=[Json, Slot], response_class=Response, responses=SPEECH_ANSWER)
 async def create_speech(
-    request: Request, body: SpeechRequest, pipeline: PipelineDep, settings: SettingsDep
+    request: Request, body: SpeechRequest, pipeline: PipelineDep, settings: SettingsDep, few_shot: FewShotDep
 ) -> Response:
-    """Text → speech through Spirit LM: the `input` text is the prompt, the answer is forced to speech (a base
-    LM continues the text in speech; it does not read it aloud). `voice`: a speaker name or index; `speed`: 1.0.
+    """Text → speech through Spirit LM, the answer forced to speech. Zero-shot the `input` text is the prompt (a
+    base LM continues the text in speech; it does not read it aloud); with a few-shot pool configured
+    (`SPIRITSERVE_TTS_EXAMPLES`) example readings come first, and the answer ends at the spoken "stop" the
+    examples end with (cut from the audio). `voice`: a speaker name or index; `speed`: 1.0.
 
     Also accepted: `seed`, `max_speech_seconds` (the speech budget; default the server's).
     """
@@ -438,12 +440,11 @@ async def create_speech(
     options = SamplingOptions(
         seed=body.seed, max_speech_seconds=body.max_speech_seconds, speaker=speaker_index(body.voice, pipeline, "voice")
     )
-    inputs = [GenerationInput(Modality.TEXT, text=body.input)]
     started = time.perf_counter()
     metrics = request.app.state.metrics
     route = request.scope["route"].path
     if body.response_format not in ("wav", "pcm"):  # whole, then encoded
-        result = await cancel_on_disconnect(request, pipeline.generate(inputs, OutputModality.SPEECH, options))
+        result = await cancel_on_disconnect(request, few_shot.speak(pipeline, body.input, options))
         _record(request, result, OutputModality.SPEECH, started)
         data, media_type = await encode_audio(result.audio.audio, body.response_format)
         if body.stream_format == "audio":
@@ -456,7 +457,7 @@ async def create_speech(
             yield _sse({"type": "speech.audio.done", "usage": usage})
 
         return StreamingResponse(whole(), media_type=SSE_MEDIA_TYPE)
-    token_request = await pipeline.prepare(inputs, OutputModality.SPEECH, options)
+    token_request, stop = await few_shot.speech_request(pipeline, body.input, options)
     output_tokens = 0
 
     async def audio_bytes() -> AsyncIterator[bytes]:
@@ -464,9 +465,9 @@ async def create_speech(
         first_audio_s, samples = None, 0
         if body.response_format == "wav":
             yield streaming_wav_header()
-        async with aclosing(pipeline.open_speech_stream(token_request, options)) as deltas:
+        async with aclosing(pipeline.open_speech_stream(token_request, options, stop=stop)) as deltas:
             async for delta in deltas:
-                output_tokens += delta.tokens.count("[")
+                output_tokens = delta.generated_tokens
                 if len(delta.audio):
                     first_audio_s = first_audio_s or time.perf_counter() - started
                     samples += len(delta.audio)
@@ -511,6 +512,7 @@ async def create_transcription(
     request: Request,
     pipeline: PipelineDep,
     settings: SettingsDep,
+    few_shot: FewShotDep,
     file: Annotated[UploadFile, File(description="speech in any common format, any rate, mono or stereo")],
     model: Annotated[str | None, Form(description="the served model's id or an alias; default: it")] = None,
     response_format: Annotated[TranscriptionFormat, Form()] = "json",
@@ -519,26 +521,29 @@ async def create_transcription(
     temperature: Annotated[float, Form(ge=0.0, le=2.0, description="0 (default): greedy")] = 0.0,
     stream: Annotated[bool, Form(description="not supported: false")] = False,
 ) -> Response:
-    """Speech → text through Spirit LM, zero-shot: the audio is the prompt and the answer is forced to text.
+    """Speech → text through Spirit LM, the answer forced to text.
 
-    A base LM continues the speech in text rather than transcribing it, so expect a loose transcript. Few-shot
-    ASR (spiritlm-compat.md §11: example speech/text pairs before the audio, which is how the paper measures
-    ASR) is a later item; `prompt` is accepted and not used until then. srt/vtt and streaming are not supported.
+    Zero-shot (no pool configured) the audio is the prompt, and a base LM continues the speech in text rather than
+    transcribing it: expect a loose transcript. With a few-shot pool (`SPIRITSERVE_ASR_EXAMPLES`; how the paper
+    measures ASR, spiritlm-compat.md §11) example speech/transcript pairs come first, and the answer ends at the
+    examples' end flag. `prompt` is accepted and not used. srt/vtt and streaming are not supported. `json` adds
+    `usage` (prompt and answer tokens).
     """
     check_model(model, pipeline)
     if stream:
         raise InvalidParameterError("streamed transcriptions are not supported: send stream=false", "stream")
     waveform = await decode_upload(file, settings)
     options = SamplingOptions(temperature=temperature)
-    inputs = [GenerationInput(Modality.SPEECH, audio=waveform)]
     started = time.perf_counter()
-    result = await cancel_on_disconnect(request, pipeline.generate(inputs, OutputModality.TEXT, options))
+    result = await cancel_on_disconnect(request, few_shot.transcribe(pipeline, waveform, options))
     _record(request, result, OutputModality.TEXT, started)
     text = result.text.strip()
     if response_format == "text":
         return PlainTextResponse(text)
     if response_format == "json":
-        return JSONResponse({"text": text})
+        usage = {"type": "tokens", "input_tokens": result.prompt_tokens, "output_tokens": result.generated_tokens,
+                 "total_tokens": result.prompt_tokens + result.generated_tokens}  # fmt: skip
+        return JSONResponse({"text": text, "usage": usage})
     duration = len(waveform) / SAMPLE_RATE
     verbose = TranscriptionResponse(
         text=text, task="transcribe", language=language or "english", duration=duration,

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spiritserve.server.schemas import MAX_SEED
+from spiritserve.voices import VOICE_DESCRIPTION
 
 MAX_MESSAGES = 64
 AudioFormat = Literal["wav", "pcm16", "mp3", "flac", "opus"]
@@ -63,7 +64,7 @@ class ChatMessage(BaseModel):
 
 class AudioOutputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voice: str | int | None = Field(None, description="a speaker name from the vocoder's speakers.txt, or its index")
+    voice: str | int | None = Field(None, description=VOICE_DESCRIPTION)
     format: AudioFormat = "wav"
 
 
@@ -158,7 +159,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="the served model's id or an alias; default: it")
     input: str = Field(min_length=1, description="the text; the answer is Spirit LM's speech after it")
-    voice: str | int | None = Field(None, description="a speaker name from speakers.txt, or its index")
+    voice: str | int | None = Field(None, description=VOICE_DESCRIPTION)
     response_format: SpeechResponseFormat = "wav"
     speed: float = Field(1.0, ge=0.25, le=4.0, description="only 1.0")
     stream_format: Literal["audio", "sse"] = "audio"

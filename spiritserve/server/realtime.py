@@ -1,9 +1,10 @@
 """`/v1/realtime`: streaming voice chat over a websocket, speaking OpenAI's GA Realtime events (docs/realtime.md).
 
 One `RealtimeSession` per connection holds the input audio buffer (in the session's input format), the
-conversation so far (user and model turns as unit strings or text, trimmed oldest-first to a token budget) and
-at most one running response. `input_audio_buffer.commit` only commits; a response starts on `response.create`
-or, with server VAD's `create_response`, when the user stops speaking. A response streams audio (resampled from
+conversation (items with ids, each held as unit strings or text; whole items trimmed oldest-first to a token
+budget; the client inserts, retrieves, deletes and truncates them) and at most one running response.
+`input_audio_buffer.commit` only commits; a response starts on `response.create` or, with server VAD's
+`create_response`, when the user stops speaking. A response streams audio (resampled from
 the model's 16 kHz to the output format) or text deltas while vLLM generates; `response.cancel` or — with
 `interrupt_response` — new user speech cancels it at once, which aborts its engine request.
 """
@@ -13,10 +14,10 @@ import base64
 import contextlib
 import json
 import logging
-import math
+import re
 import time
 import uuid
-from typing import Literal
+from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -24,26 +25,29 @@ from pydantic import ValidationError
 
 from spiritserve.errors import BadRequestError, SpiritServeError
 from spiritserve.pipeline import SamplingOptions, SpiritPipeline
-from spiritserve.resample import resample
+from spiritserve.resample import StreamResampler, resample
 from spiritserve.server import g711
 from spiritserve.server.audio_io import decode_pcm16, encode_pcm16
 from spiritserve.server.realtime_protocol import (
     CLIENT_EVENTS,
     IGNORED_RESPONSE_FIELDS,
     IGNORED_SESSION_FIELDS,
-    MIN_SPEECH_MS,
     MODEL_SAMPLE_RATE,
     PROTOCOL,
     ConversationItemCreate,
+    ConversationItemDelete,
+    ConversationItemRetrieve,
+    ConversationItemTruncate,
     InputAudioAppend,
     InputAudioClear,
     InputAudioCommit,
+    MessageItem,
     PcmaFormat,
     PcmFormat,
     PcmuFormat,
     ResponseCancel,
     ResponseCreate,
-    ServerVad,
+    ResponseOverrides,
     SessionConfig,
     SessionUpdate,
     bytes_per_sample,
@@ -53,10 +57,13 @@ from spiritserve.server.realtime_protocol import (
     merge_session,
 )
 from spiritserve.tokens import Modality, OutputModality, PromptSegment, build_prompt
+from spiritserve.vad import EnergyVad, SileroVad
+from spiritserve.voices import speaker_for
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 TRY_AGAIN_LATER = 1013  # websocket close code: the server is at its session limit
+SERVICE_RESTART = 1012  # websocket close code: this replica is draining; reconnect (to another one)
 AudioFormat = PcmFormat | PcmuFormat | PcmaFormat
 
 
@@ -77,93 +84,53 @@ def encode_audio(samples: np.ndarray, audio_format: AudioFormat) -> bytes:
     return g711.encode_mulaw(pcm) if isinstance(audio_format, PcmuFormat) else g711.encode_alaw(pcm)
 
 
-class StreamResampler:
-    """`resample` over a stream, chunk by chunk, equal to resampling the whole stream at once.
-
-    Each output sample reads the inputs within a few dozen samples of its position, so a chunk's outputs are
-    emitted once `MARGIN` inputs beyond them have arrived (`flush` emits the rest, as the whole-signal
-    resampling pads the end with zeros). Resampling restarts at a block boundary (a multiple of the reduced
-    input rate) with `MARGIN` inputs of history, so every emitted output sees exactly the taps it would offline.
-    """
-
-    MARGIN = 64  # input samples: more than the filter's reach (its width is ~7-20 samples at these rates)
-
-    def __init__(self, orig_rate: int, new_rate: int) -> None:
-        gcd = math.gcd(orig_rate, new_rate)
-        self.orig_rate, self.new_rate = orig_rate, new_rate
-        self.orig, self.new = orig_rate // gcd, new_rate // gcd
-        self._kept = np.zeros(0, dtype=np.float32)  # inputs from absolute index `_kept_start` on
-        self._kept_start = 0
-        self._inputs = 0  # inputs seen
-        self._emitted = 0  # outputs emitted
-
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        self._kept = np.concatenate([self._kept, samples.astype(np.float32)])
-        self._inputs += len(samples)
-        ready = max(0, (self._inputs - self.MARGIN) // self.orig * self.new)  # whole blocks with margin past them
-        return self._emit(ready)
-
-    def flush(self) -> np.ndarray:
-        return self._emit(math.ceil(np.float32(self.new * self._inputs / self.orig)))
-
-    def _emit(self, until: int) -> np.ndarray:
-        if until <= self._emitted or self.orig_rate == self.new_rate:
-            if self.orig_rate == self.new_rate:
-                out, self._emitted = self._kept[self._emitted - self._kept_start :], self._inputs
-                self._kept, self._kept_start = np.zeros(0, dtype=np.float32), self._inputs
-                return out
-            return np.zeros(0, dtype=np.float32)
-        # Start MARGIN inputs before the first output still owed, on a block boundary (or at the signal's start).
-        first_block = max(0, (self._emitted // self.new) - (self.MARGIN // self.orig + 1))
-        start = first_block * self.orig
-        assert start >= self._kept_start, (start, self._kept_start)
-        segment = self._kept[start - self._kept_start :]
-        out = resample(segment, self.orig_rate, self.new_rate)
-        offset = first_block * self.new
-        result = out[self._emitted - offset : until - offset]
-        self._emitted = until
-        keep_from = max(0, (self._emitted // self.new - (self.MARGIN // self.orig + 1)) * self.orig)
-        self._kept, self._kept_start = self._kept[keep_from - self._kept_start :], keep_from
-        return result
-
-
-class EnergyVad:
-    """End-of-turn detection from frame energy: speech starts when a 20 ms frame's RMS passes the
-    threshold, and stops after `silence_duration_ms` of quiet following at least `MIN_SPEECH_MS` of speech.
-    Events carry the sample position (in the stream pushed so far) where speech started or stopped."""
-
-    def __init__(self, config: ServerVad, sample_rate: int) -> None:
-        self.config = config
-        self.frame = sample_rate // 50
-        self._pending = np.zeros(0, dtype=np.float32)
-        self._position = 0  # samples consumed into frames
-        self._speaking = False
-        self._speech_frames = 0
-        self._silent_frames = 0
-
-    def push(self, samples: np.ndarray) -> list[tuple[Literal["speech_started", "speech_stopped"], int]]:
-        self._pending = np.concatenate([self._pending, samples])
-        events: list[tuple[Literal["speech_started", "speech_stopped"], int]] = []
-        while len(self._pending) >= self.frame:
-            frame, self._pending = self._pending[: self.frame], self._pending[self.frame :]
-            self._position += self.frame
-            loud = float(np.sqrt(np.mean(frame**2))) > self.config.rms_threshold
-            if loud and not self._speaking:
-                self._speaking, self._speech_frames, self._silent_frames = True, 0, 0
-                events.append(("speech_started", self._position - self.frame))
-            if self._speaking:
-                self._speech_frames += 1
-                self._silent_frames = 0 if loud else self._silent_frames + 1
-                silence_ms = self.config.silence_duration_ms
-                long_enough = self._speech_frames * 20 >= MIN_SPEECH_MS + silence_ms
-                if self._silent_frames * 20 >= silence_ms and long_enough:
-                    self._speaking = False
-                    events.append(("speech_stopped", self._position))
-        return events
-
-
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+class RealtimeError(Exception):
+    """A client event that cannot be applied: answered with an `error` event carrying `code` and `param`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+@dataclass(eq=False)
+class ConversationItem:
+    """A message of the conversation: what the client sees (`content`, audio data left out: only units are kept)
+    and what the prompt reads (`segments`). A spoken answer also keeps `milestones`, (model samples sent, unit
+    tokens generated by then) after each audio chunk, which map a heard duration to the units to keep."""
+
+    id: str
+    role: str
+    content: list[dict]
+    segments: list[PromptSegment]
+    status: str = "completed"
+    milestones: list[tuple[int, int]] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"id": self.id, "object": "realtime.item", "type": "message", "role": self.role,
+                "status": self.status, "content": self.content}  # fmt: skip
+
+    @property
+    def audio_ms(self) -> int:
+        return -(-self.milestones[-1][0] * 1000 // MODEL_SAMPLE_RATE)
+
+    def truncate(self, audio_end_ms: int) -> None:
+        """Keep the units generated by the time the last audio chunk within `audio_end_ms` was sent. The
+        vocoder voices a unit a few units after it is generated, so this can keep a few units whose audio
+        starts just past the cut; within a chunk it keeps fewer than were heard."""
+        samples = audio_end_ms * MODEL_SAMPLE_RATE // 1000
+        units = max(count for sent, count in self.milestones if sent <= samples)
+        self.milestones = [(sent, count) for sent, count in self.milestones if sent < samples] + [(samples, units)]
+        kept = _first_units(self.segments[0].content, units) if units else ""
+        self.segments = [PromptSegment(Modality.SPEECH, kept)] if kept else []
+
+
+def _first_units(units: str, count: int) -> str:
+    """A generated unit string up to and including its `count`-th HuBERT unit."""
+    return units[: [match.end() for match in re.finditer(r"\[Hu\d+\]", units)][count - 1]]
 
 
 class RealtimeSession:
@@ -179,9 +146,9 @@ class RealtimeSession:
         self.buffer = bytearray()  # audio since the last commit, in config.audio.input.format
         self.buffer_start_ms = 0  # where the buffer starts in the session's input audio stream
         self.next_item_id = _new_id("item")  # the user item the buffer becomes when committed
-        self.last_item_id: str | None = None
-        self.context: list[PromptSegment] = []
-        self.vad: EnergyVad | None = None
+        self.conversation_id = _new_id("conv")
+        self.items: list[ConversationItem] = []  # the conversation, in prompt order
+        self.vad: EnergyVad | SileroVad | None = None
         self.vad_offset = 0  # input samples before the VAD was (re)started
         self.speech_start_ms: int | None = None
         self.response: asyncio.Task | None = None
@@ -194,21 +161,46 @@ class RealtimeSession:
 
     async def run(self) -> None:
         await self.send({"type": "session.created", "protocol": PROTOCOL, "session": self._describe()})
+        drain_started = asyncio.ensure_future(self.admission.drain_started.wait())
         try:
             while True:
+                if self.admission.draining and not self._responding:
+                    await self.websocket.close(code=SERVICE_RESTART, reason="the server is shutting down; reconnect")
+                    return
                 try:
-                    message = await asyncio.wait_for(self.websocket.receive(), self.settings.realtime_idle_timeout_s)
+                    message = await self._next_message(drain_started)
                 except TimeoutError:
-                    if self.response is not None and not self.response.done():
-                        continue  # the client is listening to a response, not idle
                     await self.send(error_event("idle_timeout", "no message for too long; closing the session"))
                     await self.websocket.close(code=1000, reason="idle timeout")
                     return
+                if message is None:
+                    continue  # a drain started, or the answer a drain waited for ended
                 if message["type"] == "websocket.disconnect":
                     return
                 await self._handle(message.get("text"), message.get("bytes"))
         finally:
+            drain_started.cancel()
             await self._cancel_response()
+
+    @property
+    def _responding(self) -> bool:
+        return self.response is not None and not self.response.done()
+
+    async def _next_message(self, drain_started: asyncio.Future) -> dict | None:
+        """The client's next message; None when a drain starts first, or (while draining) the running answer
+        ends first. TimeoutError when the client has been silent too long while nothing was being answered."""
+        receive = asyncio.ensure_future(self.websocket.receive())
+        wake = {drain_started} if not self.admission.draining else {self.response} if self._responding else set()
+        done, _ = await asyncio.wait({receive, *wake}, timeout=self.settings.realtime_idle_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if receive in done:
+            return receive.result()
+        receive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receive
+        if not done and not self._responding:  # idle (a client listening to an answer is not)
+            raise TimeoutError
+        return None
 
     async def _handle(self, text: str | None, data: bytes | None) -> None:
         if text is None:
@@ -230,6 +222,8 @@ class RealtimeSession:
             return
         try:
             await self._dispatch(event)
+        except RealtimeError as exc:
+            await self.send(error_event(exc.code, str(exc), event.event_id, exc.param))
         except SpiritServeError as exc:
             await self.send(error_event(type(exc).__name__, str(exc), event.event_id))
         except WebSocketDisconnect:
@@ -252,6 +246,14 @@ class RealtimeSession:
             await self._create_response(event)
         elif isinstance(event, ConversationItemCreate):
             await self._create_item(event)
+        elif isinstance(event, ConversationItemDelete):
+            self.items.remove(self._item(event.item_id, "item_delete_invalid_item_id"))
+            await self.send({"type": "conversation.item.deleted", "item_id": event.item_id})
+        elif isinstance(event, ConversationItemRetrieve):
+            item = self._item(event.item_id, "item_retrieve_invalid_item_id")
+            await self.send({"type": "conversation.item.retrieved", "item": item.describe()})
+        elif isinstance(event, ConversationItemTruncate):
+            await self._truncate(event)
         elif isinstance(event, ResponseCancel):
             if self.response is None or self.response.done():
                 await self.send(error_event("no_active_response", "there is no response to cancel", event.event_id))
@@ -262,7 +264,7 @@ class RealtimeSession:
         current = self.config.model_dump(exclude=set(IGNORED_SESSION_FIELDS))
         try:
             config = SessionConfig.model_validate(merge_session(current, event.session))
-            speaker = self._speaker_of(config.audio.output.voice)
+            speaker = speaker_for(config.audio.output.voice, list(self.pipeline.vocoder.speakers or []))
         except (ValidationError, ValueError) as exc:
             message = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
             await self.send(error_event("invalid_session", message, event.event_id))
@@ -281,21 +283,14 @@ class RealtimeSession:
             logger.info("session %s: ignoring session fields %s", self.id, ", ".join(ignored))
         await self.send({"type": "session.updated", "session": self._describe(), "ignored_fields": ignored})
 
-    def _speaker_of(self, voice: str | int | None) -> int | None:
-        if voice is None:
-            return None
-        speakers = list(self.pipeline.vocoder.speakers or [])
-        if isinstance(voice, str) and voice in speakers:
-            return speakers.index(voice)
-        index = voice if isinstance(voice, int) else int(voice) if voice.isdigit() else None
-        if index is not None and 0 <= index < max(len(speakers), 1):
-            return index
-        raise ValueError(f"audio.output.voice: {voice!r} is not a speaker: use one of {speakers} or its index")
-
     def _reset_vad(self) -> None:
         turn_detection = self.config.audio.input.turn_detection
         rate = format_rate(self.config.audio.input.format)
-        self.vad = EnergyVad(turn_detection, rate) if turn_detection else None
+        if turn_detection is None:
+            self.vad = None
+        else:  # Silero, or the energy gate where Silero could not load (app.py's lifespan)
+            make_vad = self.websocket.app.state.vad_factory
+            self.vad = make_vad(turn_detection.threshold, turn_detection.silence_duration_ms, rate)
         self.vad_offset = self.buffer_start_ms * rate // 1000 + len(self.buffer) // self._sample_bytes
         self.speech_start_ms = None
 
@@ -334,7 +329,9 @@ class RealtimeSession:
         if self.vad is None:
             return
         turn_detection = self.config.audio.input.turn_detection
-        for change, position in self.vad.push(decode_audio(chunk, self.config.audio.input.format)):
+        samples = decode_audio(chunk, self.config.audio.input.format)
+        # Off the event loop: Silero runs ~0.5 ms per 32 ms window, so a 10 s append takes a while.
+        for change, position in await asyncio.to_thread(self.vad.push, samples):
             at_ms = (self.vad_offset + position) * 1000 // rate
             if change == "speech_started":
                 self.speech_start_ms = at_ms
@@ -352,7 +349,7 @@ class RealtimeSession:
                 self.buffer_start_ms += drop // width * 1000 // rate
                 if await self._commit(event.event_id) and turn_detection.create_response:
                     if self.response is None or self.response.done():
-                        self._start_response(None)
+                        await self._start_response(None, event_id=event.event_id)
 
     async def _speech_units(self, data: bytes) -> str:
         """Audio in the session's input format → the unit string the LM reads. The whole turn at once, as REST
@@ -370,22 +367,34 @@ class RealtimeSession:
         self._clear_buffer()
         units = await self._speech_units(data)
         item_id, self.next_item_id = self.next_item_id, _new_id("item")
-        self.context.append(PromptSegment(Modality.SPEECH, units))
+        item = ConversationItem(item_id, "user", [{"type": "input_audio", "transcript": None}],
+                                [PromptSegment(Modality.SPEECH, units)])  # fmt: skip
+        previous_item_id = self._insert(item, len(self.items))
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id,
-                         "previous_item_id": self.last_item_id})  # fmt: skip
-        self.last_item_id = item_id
+                         "previous_item_id": previous_item_id})  # fmt: skip
         return True
 
-    async def _create_item(self, event: ConversationItemCreate) -> None:
-        """A message added by the client: its text and audio parts join the conversation in order (appended at
-        the end: `previous_item_id` is accepted but items are not inserted elsewhere)."""
+    def _item(self, item_id: str, code: str, param: str = "item_id") -> ConversationItem:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise RealtimeError(code, f"there is no item {item_id!r} in the conversation", param)
+
+    def _insert(self, item: ConversationItem, index: int) -> str | None:
+        """Put `item` at `index` of the conversation; returns the id of the item now before it."""
+        self.items.insert(index, item)
+        return self.items[index - 1].id if index else None
+
+    async def _message_item(self, message: MessageItem) -> ConversationItem:
+        """A client's message: its text and audio parts continue the prompt in order, whatever the role (Spirit LM
+        is a base model)."""
         segments, described = [], []
-        for part in event.item.content:
-            if part.type == "input_text":
+        for part in message.content:
+            if part.type != "input_audio":
                 if part.text is None:
-                    raise BadRequestError("an input_text part needs 'text'")
+                    raise BadRequestError(f"an {part.type} part needs 'text'")
                 segments.append(PromptSegment(Modality.TEXT, part.text))
-                described.append({"type": "input_text", "text": part.text})
+                described.append({"type": part.type, "text": part.text})
                 continue
             if part.audio is None:
                 raise BadRequestError("an input_audio part needs 'audio' (base64, in the session's input format)")
@@ -397,30 +406,79 @@ class RealtimeSession:
                 raise BadRequestError("'audio' must be whole samples within the input buffer's limit")
             segments.append(PromptSegment(Modality.SPEECH, await self._speech_units(data)))
             described.append({"type": "input_audio", "transcript": part.transcript})
-        item_id = event.item.id or _new_id("item")
-        self.context.extend(segments)
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": event.item.role,
-                "status": "completed", "content": described}  # fmt: skip
+        return ConversationItem(message.id or _new_id("item"), message.role, described, segments)
+
+    async def _create_item(self, event: ConversationItemCreate) -> None:
+        """A message added by the client, after `previous_item_id` ("root": first; none: last)."""
+        item = await self._message_item(event.item)
+        if any(existing.id == item.id for existing in self.items):
+            raise RealtimeError("item_create_duplicate_item_id", f"an item {item.id!r} exists already", "item.id")
+        index = len(self.items)
+        if event.previous_item_id == "root":
+            index = 0
+        elif event.previous_item_id is not None:
+            previous = self._item(event.previous_item_id, "item_create_invalid_previous_item_id", "previous_item_id")
+            index = self.items.index(previous) + 1
+        previous_item_id = self._insert(item, index)
         for kind in ("conversation.item.added", "conversation.item.done"):
-            await self.send({"type": kind, "item": item, "previous_item_id": self.last_item_id})
-        self.last_item_id = item_id
+            await self.send({"type": kind, "item": item.describe(), "previous_item_id": previous_item_id})
+
+    async def _truncate(self, event: ConversationItemTruncate) -> None:
+        item = self._item(event.item_id, "item_truncate_invalid_item_id")
+        if not item.milestones:
+            raise RealtimeError("invalid_value", "only an assistant's spoken answer can be truncated", "item_id")
+        if event.audio_end_ms > item.audio_ms:
+            message = f"the item's audio is {item.audio_ms} ms long, shorter than audio_end_ms {event.audio_end_ms}"
+            raise RealtimeError("invalid_value", message, "audio_end_ms")
+        item.truncate(event.audio_end_ms)
+        await self.send({"type": "conversation.item.truncated", "item_id": item.id, "content_index": 0,
+                         "audio_end_ms": event.audio_end_ms})  # fmt: skip
+
+    async def _refused_while_draining(self, event_id: str | None) -> bool:
+        if self.admission.draining:
+            message = "the server is shutting down: reconnect to go on (the session closes with 1012)"
+            await self.send(error_event("server_shutting_down", message, event_id))
+        return self.admission.draining
 
     async def _create_response(self, event: ResponseCreate) -> None:
+        if await self._refused_while_draining(event.event_id):
+            return
+        overrides = event.response or ResponseOverrides()
         if self.response is not None and not self.response.done():
             message = "a response is already running; cancel it first"
             await self.send(error_event("response_already_active", message, event.event_id))
-        elif not self.context:
+            return
+        prompt_items = None  # the conversation
+        if overrides.input is not None:
+            prompt_items = [
+                self._item(entry.id, "response_create_invalid_item_id", "response.input")
+                if entry.type == "item_reference" else await self._message_item(entry)
+                for entry in overrides.input
+            ]  # fmt: skip
+        items = self.items if prompt_items is None else prompt_items
+        if not self._instructions(overrides) and not any(item.segments for item in items):
             message = "commit some audio or add a conversation item first"
             await self.send(error_event("empty_conversation", message, event.event_id))
-        else:
-            if event.response is not None:
-                ignored = [name for name in IGNORED_RESPONSE_FIELDS if getattr(event.response, name) is not None]
-                if ignored:
-                    logger.info("session %s: ignoring response fields %s", self.id, ", ".join(ignored))
-            self._start_response(event.response)
+            return
+        ignored = [name for name in IGNORED_RESPONSE_FIELDS if getattr(overrides, name) is not None]
+        if ignored:
+            logger.info("session %s: ignoring response fields %s", self.id, ", ".join(ignored))
+        await self._start_response(overrides, prompt_items, event.event_id)
 
-    def _start_response(self, overrides) -> None:
-        self.response = asyncio.create_task(self._respond(_new_id("resp"), overrides))
+    def _instructions(self, overrides: ResponseOverrides) -> str:
+        return self.config.instructions if overrides.instructions is None else overrides.instructions
+
+    async def _start_response(
+        self,
+        overrides: ResponseOverrides | None,
+        prompt_items: list[ConversationItem] | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """Start a response on `prompt_items` (None: the conversation); none once the server drains."""
+        if await self._refused_while_draining(event_id):
+            return
+        response_id = _new_id("resp")
+        self.response = asyncio.create_task(self._respond(response_id, overrides or ResponseOverrides(), prompt_items))
 
     async def _cancel_response(self, reason: str = "client_cancelled") -> None:
         if self.response is not None and not self.response.done():
@@ -428,32 +486,44 @@ class RealtimeSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.response
 
-    def _prompt_within_budget(self, instructions: str, output: OutputModality) -> list[PromptSegment]:
-        """Drop the oldest turns until the prompt (instructions first) fits the session's context budget."""
-        segments = list(self.context)
+    def _prompt_within_budget(
+        self, instructions: str, output: OutputModality, items: list[ConversationItem] | None
+    ) -> list[PromptSegment]:
+        """The prompt: the instructions, then `items` (None: the conversation). Whole items are dropped, oldest
+        first (never the newest), until it fits the session's context budget; the conversation forgets them."""
+        conversation = items is None
+        items = self.items if conversation else items
         lead = [PromptSegment(Modality.TEXT, instructions)] if instructions else []
         budget = self.settings.realtime_context_tokens
         encode = self.pipeline.tokenizer.encode_prompt
-        while len(segments) > 1 and len(encode(build_prompt(lead + segments, output))) > budget:
-            segments.pop(0)
-        self.context = segments
-        return lead + segments
+        start = 0
+        while start < len(items) - 1:
+            segments = [segment for item in items[start:] for segment in item.segments]
+            if len(encode(build_prompt(lead + segments, output))) <= budget:
+                break
+            start += 1
+        if conversation:
+            del self.items[:start]
+        return lead + [segment for item in items[start:] for segment in item.segments]
 
-    def _response_object(self, response_id: str, status: str, modalities: list[str], limit) -> dict:
+    def _response_object(self, response_id: str, modalities: list[str], limit, overrides: ResponseOverrides) -> dict:
+        """The response's fields that stay the same from `response.created` to `response.done`."""
         return {
-            "id": response_id, "object": "realtime.response", "status": status, "output_modalities": modalities,
-            "max_output_tokens": limit, "conversation_id": None,
+            "id": response_id, "object": "realtime.response", "output_modalities": modalities,
+            "max_output_tokens": limit, "metadata": overrides.metadata,
+            "conversation_id": None if overrides.conversation == "none" else self.conversation_id,
             "audio": {"output": {"format": self.config.audio.output.format.model_dump(), "voice": self._voice()}},
         }  # fmt: skip
 
-    async def _respond(self, response_id: str, overrides) -> None:
+    async def _respond(
+        self, response_id: str, overrides: ResponseOverrides, prompt_items: list[ConversationItem] | None
+    ) -> None:
         started = time.perf_counter()
         config = self.config
-        modalities = (overrides and overrides.output_modalities) or config.output_modalities
-        limit = (overrides and overrides.max_output_tokens) or config.max_output_tokens
-        instructions = config.instructions
-        if overrides is not None and overrides.instructions is not None:
-            instructions = overrides.instructions
+        modalities = overrides.output_modalities or config.output_modalities
+        limit = overrides.max_output_tokens or config.max_output_tokens
+        instructions = self._instructions(overrides)
+        described = self._response_object(response_id, modalities, limit, overrides)
         speech = modalities == ["audio"]
         output = OutputModality.SPEECH if speech else OutputModality.TEXT
         audio_format = config.audio.output.format
@@ -465,41 +535,49 @@ class RealtimeSession:
             max_new_tokens=None if limit == "inf" else limit,
             speaker=self.speaker,
         )
-        status, reason, error, generated = "completed", None, None, ""
-        audio_samples, first_delta_s, prompt_tokens, context_index = 0, None, 0, len(self.context)
+        status, reason, error, generated, output_tokens = "completed", None, None, "", 0
+        audio_samples, first_delta_s, prompt_tokens = 0, None, 0
+        milestones = [(0, 0)] if speech else []  # (model samples sent, unit tokens generated by then)
+        follows: ConversationItem | None = None  # the answer's place: after this item (None: first)
         item_id = _new_id("item")
         place = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
-        part_type = "audio" if speech else "text"
         started_part = False
         self.admission.realtime_responses += 1
         try:
             await self.send({"type": "response.created",
-                             "response": {**self._response_object(response_id, "in_progress", modalities, limit),
-                                          "output": []}})  # fmt: skip
-            request = self.pipeline.request_for(self._prompt_within_budget(instructions, output), output, options)
+                             "response": {**described, "status": "in_progress", "output": []}})  # fmt: skip
+            prompt = self._prompt_within_budget(instructions, output, prompt_items)
+            request = self.pipeline.request_for(prompt, output, options)
             prompt_tokens = len(request.prompt_ids)
-            context_index = len(self.context)  # the answer goes here, before any user turn committed meanwhile
+            follows = self.items[-1] if self.items else None  # before any user turn committed meanwhile
             item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant"}
             await self.send({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
                              "item": {**item, "status": "in_progress", "content": []}})  # fmt: skip
-            await self.send({"type": "response.content_part.added", **place,
-                             "part": {"type": part_type, "transcript" if speech else "text": ""}})  # fmt: skip
+            part = {"type": "audio", "transcript": None} if speech else {"type": "text", "text": ""}
+            await self.send({"type": "response.content_part.added", **place, "part": part})
             started_part = True
             if speech:
                 resampler = StreamResampler(MODEL_SAMPLE_RATE, format_rate(audio_format))
+                units = 0
                 async for delta in self.pipeline.open_speech_stream(request, options, response_id):
                     generated = delta.spoken if delta.spoken is not None else generated + delta.tokens
+                    output_tokens = delta.generated_tokens
+                    units = generated.count("[Hu") if delta.spoken is not None else units + delta.tokens.count("[Hu")
                     if len(delta.audio):
                         first_delta_s = first_delta_s or time.perf_counter() - started
                         audio_samples += len(delta.audio)
                         await self._send_audio(place, resampler.push(delta.audio), audio_format)
+                    if len(delta.audio) or delta.spoken is not None:
+                        milestones.append((audio_samples, units))
                 await self._send_audio(place, resampler.flush(), audio_format)
                 await self.send({"type": "response.output_audio.done", **place})
             else:
-                async for text in self.pipeline.stream_text(request, response_id):
-                    first_delta_s = first_delta_s or time.perf_counter() - started
-                    generated += text
-                    await self.send({"type": "response.output_text.delta", **place, "delta": text})
+                async for piece in self.pipeline.stream_text(request, response_id):
+                    output_tokens = piece.generated_tokens
+                    if piece.text:
+                        first_delta_s = first_delta_s or time.perf_counter() - started
+                        generated += piece.text
+                        await self.send({"type": "response.output_text.delta", **place, "delta": piece.text})
                 await self.send({"type": "response.output_text.done", **place, "text": generated})
         except asyncio.CancelledError as exc:
             status, reason = "cancelled", (exc.args[0] if exc.args else None) or "client_cancelled"
@@ -513,16 +591,11 @@ class RealtimeSession:
             await self.send(error_event("server_error", message))
         finally:
             self.admission.realtime_responses -= 1
-        # Speech: one "[" per unit token. Text: re-encoded (SentencePiece round-trips what it decoded), less BOS.
-        output_tokens = generated.count("[") if speech else len(self.pipeline.tokenizer.encode_prompt(generated)) - 1
         metrics = self.websocket.app.state.metrics
         metrics.generated_tokens.labels("speech" if speech else "text").inc(output_tokens)
         if speech:
             metrics.observe_speech("/v1/realtime", first_delta_s, time.perf_counter() - started,
                                    audio_samples / MODEL_SAMPLE_RATE)  # fmt: skip
-        if generated:
-            modality = Modality.SPEECH if speech else Modality.TEXT
-            self.context.insert(min(context_index, len(self.context)), PromptSegment(modality, generated))
         output_details = {"audio_tokens": output_tokens if speech else 0, "text_tokens": 0 if speech else output_tokens}
         usage = {
             "input_tokens": prompt_tokens, "output_tokens": output_tokens,
@@ -531,20 +604,26 @@ class RealtimeSession:
             "output_token_details": output_details,
             "output_audio_seconds": audio_samples / MODEL_SAMPLE_RATE,  # a spiritserve extension
         }  # fmt: skip
+        # Spirit LM speaks units: a spoken answer has no transcript.
         content = {"type": "output_audio", "transcript": None} if speech else {"type": "output_text", "text": generated}
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-                "status": "completed" if status == "completed" else "incomplete", "content": [content]}  # fmt: skip
+        segments = [PromptSegment(Modality.SPEECH if speech else Modality.TEXT, generated)] if generated else []
+        answer = ConversationItem(item_id, "assistant", [content], segments,
+                                  "completed" if status == "completed" else "incomplete", milestones)  # fmt: skip
+        if started_part and overrides.conversation != "none":
+            # where the response started: after `follows` (at the end if that item was deleted meanwhile)
+            index = len(self.items) if follows not in self.items else self.items.index(follows) + 1
+            self._insert(answer, 0 if follows is None else index)
         timings = {"first_delta_s": first_delta_s, "total_s": time.perf_counter() - started}
         details = {"type": status, "reason": reason, "error": error} if status != "completed" else None
         with contextlib.suppress(Exception):  # the socket may be gone (a cancel on disconnect)
             if started_part:
-                part = {"type": part_type, "transcript" if speech else "text": None if speech else generated}
+                part = {"type": "audio", "transcript": None} if speech else {"type": "text", "text": generated}
                 await self.send({"type": "response.content_part.done", **place, "part": part})
                 await self.send({"type": "response.output_item.done", "response_id": response_id, "output_index": 0,
-                                 "item": item})  # fmt: skip
+                                 "item": answer.describe()})  # fmt: skip
             await self.send({"type": "response.done", "response": {
-                **self._response_object(response_id, status, modalities, limit), "status_details": details,
-                "output": [item] if started_part else [], "usage": usage,
+                **described, "status": status, "status_details": details,
+                "output": [answer.describe()] if started_part else [], "usage": usage,
                 "units": generated if speech else None, "timings": timings}})  # fmt: skip
 
     async def _send_audio(self, place: dict, samples: np.ndarray, audio_format: AudioFormat) -> None:

@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from spiritserve.voices import VOICE_DESCRIPTION
+
 PROTOCOL = "spiritserve.realtime.v1"  # also the subprotocol browsers offer beside their key (admission.py)
 MODEL_SAMPLE_RATE = 16_000
-MIN_SPEECH_MS = 200  # speech needed before a pause can end the turn
 
 # OpenAI session fields accepted and ignored (not yet acted on), per level of the session object.
 IGNORED_SESSION_FIELDS = ("tools", "tool_choice", "tracing", "include", "prompt", "truncation",
@@ -21,7 +22,7 @@ IGNORED_SESSION_FIELDS = ("tools", "tool_choice", "tracing", "include", "prompt"
 IGNORED_INPUT_FIELDS = ("noise_reduction", "transcription")
 IGNORED_OUTPUT_FIELDS = ("speed",)
 IGNORED_TURN_DETECTION_FIELDS = ("idle_timeout_ms",)
-IGNORED_RESPONSE_FIELDS = ("tools", "tool_choice", "prompt", "parallel_tool_calls", "reasoning", "metadata")
+IGNORED_RESPONSE_FIELDS = ("tools", "tool_choice", "prompt", "parallel_tool_calls", "reasoning")
 
 
 TokenLimit = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
@@ -62,20 +63,17 @@ def bytes_per_sample(audio_format: PcmFormat | PcmuFormat | PcmaFormat) -> int:
 
 
 class ServerVad(_Strict):
-    """End-of-turn detection. Today an energy gate over 20 ms frames (not Silero): a frame is speech when its
-    RMS exceeds 0.04 × `threshold` (0.5 → 0.02, about −34 dBFS)."""
+    """End-of-turn detection with Silero VAD (spiritserve/vad.py): `threshold` is the speech probability a 32 ms
+    window needs to start speech, as at OpenAI; the turn ends after `silence_duration_ms` below `threshold` − 0.15.
+    Where Silero cannot load, an energy gate stands in (logged at start-up): RMS above 0.04 × `threshold`."""
 
     type: Literal["server_vad"]
-    threshold: float = Field(0.5, gt=0, le=1)
+    threshold: float = Field(0.5, gt=0, le=1, description="speech probability that starts speech (Silero's)")
     prefix_padding_ms: int = Field(300, ge=0, le=5000, description="audio kept before the speech start")
     silence_duration_ms: int = Field(500, ge=100, le=5000, description="silence that ends the user's turn")
     create_response: bool = Field(True, description="start a response when the turn ends")
     interrupt_response: bool = Field(True, description="cancel the running response when speech starts")
     idle_timeout_ms: int | None = None  # accepted, ignored
-
-    @property
-    def rms_threshold(self) -> float:
-        return 0.04 * self.threshold
 
 
 class AudioInput(_Strict):
@@ -87,7 +85,7 @@ class AudioInput(_Strict):
 
 class AudioOutput(_Strict):
     format: AudioFormat = PcmFormat(type="audio/pcm")
-    voice: str | int | None = Field(None, description="a vocoder speaker: its name in speakers.txt or its index")
+    voice: str | int | None = Field(None, description=VOICE_DESCRIPTION)
     speed: float | None = None  # accepted, ignored
 
 
@@ -127,15 +125,6 @@ class SessionConfig(_IgnoredOpenAIFields):
     truncation: Any = None
 
 
-class ResponseOverrides(_IgnoredOpenAIFields):
-    """`response.create`'s `response`: per-response changes (others are not supported yet)."""
-
-    output_modalities: list[Literal["audio", "text"]] | None = Field(None, min_length=1, max_length=1)
-    instructions: str | None = Field(None, max_length=20_000)
-    max_output_tokens: TokenLimit | None = None
-    metadata: Any = None
-
-
 class _Event(_Strict):
     event_id: str | None = Field(None, max_length=128, description="echoed back in errors about this event")
 
@@ -158,20 +147,16 @@ class InputAudioClear(_Event):
     type: Literal["input_audio_buffer.clear"]
 
 
-class ResponseCreate(_Event):
-    type: Literal["response.create"]
-    response: ResponseOverrides | None = None
-
-
 class ResponseCancel(_Event):
     type: Literal["response.cancel"]
     response_id: str | None = Field(None, max_length=128)
 
 
 class MessageContent(_Strict):
-    """One part of a message: text, or audio (base64, in the session's input format)."""
+    """One part of a message: text (`output_text` in an assistant's), or audio (base64, in the session's input
+    format)."""
 
-    type: Literal["input_text", "input_audio"]
+    type: Literal["input_text", "output_text", "input_audio"]
     text: str | None = Field(None, min_length=1, max_length=20_000)
     audio: str | None = Field(None, min_length=1)
     transcript: str | None = Field(None, max_length=20_000)  # kept for reference only, as at OpenAI
@@ -189,17 +174,63 @@ class MessageItem(_Strict):
     status: Literal["completed", "incomplete", "in_progress"] | None = None
 
 
+class ItemReference(_Strict):
+    """An item of the conversation, by id, in `response.input`."""
+
+    type: Literal["item_reference"]
+    id: str = Field(min_length=1, max_length=64)
+
+
+class ResponseOverrides(_IgnoredOpenAIFields):
+    """`response.create`'s `response`: per-response changes (`audio` is not supported yet)."""
+
+    output_modalities: list[Literal["audio", "text"]] | None = Field(None, min_length=1, max_length=1)
+    instructions: str | None = Field(None, max_length=20_000)
+    max_output_tokens: TokenLimit | None = None
+    conversation: Literal["auto", "none"] | None = Field(None, description="none: the answer stays out of it")
+    input: list[Annotated[MessageItem | ItemReference, Field(discriminator="type")]] | None = Field(
+        None, max_length=256, description="the prompt's items instead of the conversation"
+    )
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16, description="echoed in the response object"
+    )
+
+
+class ResponseCreate(_Event):
+    type: Literal["response.create"]
+    response: ResponseOverrides | None = None
+
+
 class ConversationItemCreate(_Event):
     type: Literal["conversation.item.create"]
     item: MessageItem
-    previous_item_id: str | None = Field(None, max_length=64)
+    previous_item_id: str | None = Field(None, max_length=64, description='insert after this item ("root": first)')
+
+
+class ConversationItemDelete(_Event):
+    type: Literal["conversation.item.delete"]
+    item_id: str = Field(max_length=64)
+
+
+class ConversationItemRetrieve(_Event):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str = Field(max_length=64)
+
+
+class ConversationItemTruncate(_Event):
+    """Cut an assistant's spoken answer to the audio the user heard (`audio_end_ms` into it)."""
+
+    type: Literal["conversation.item.truncate"]
+    item_id: str = Field(max_length=64)
+    content_index: Literal[0]
+    audio_end_ms: int = Field(ge=0)
 
 
 ClientEvent = Annotated[
     SessionUpdate | InputAudioAppend | InputAudioCommit | InputAudioClear | ResponseCreate | ResponseCancel
-    | ConversationItemCreate,
+    | ConversationItemCreate | ConversationItemDelete | ConversationItemRetrieve | ConversationItemTruncate,
     Field(discriminator="type"),
-]
+]  # fmt: skip
 CLIENT_EVENTS = TypeAdapter(ClientEvent)
 
 

@@ -31,11 +31,13 @@ from spiritserve.server.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerationResponse,
+    Liveness,
     OutputFields,
     OutputSegmentBody,
     Readiness,
     ResponseFormat,
     SamplingFields,
+    ServerDescription,
     SpeechInput,
     SynthesizeRequest,
     TokenizeResponse,
@@ -222,15 +224,18 @@ async def _generate_or_stream(
     chunks = pipeline.open_speech_stream(token_request, options)
 
     async def body() -> AsyncIterator[bytes]:
-        first_audio_s, samples = None, 0
+        first_audio_s, samples, generated_tokens = None, 0, 0
         if fields.response_format == "wav":
             yield streaming_wav_header()
-        async for delta in chunks:
-            metrics.generated_tokens.labels(output.value).inc(delta.tokens.count("["))
-            if len(delta.audio):
-                first_audio_s = first_audio_s or time.perf_counter() - started
-                samples += len(delta.audio)
-                yield encode_pcm16(delta.audio)
+        try:
+            async for delta in chunks:
+                generated_tokens = delta.generated_tokens
+                if len(delta.audio):
+                    first_audio_s = first_audio_s or time.perf_counter() - started
+                    samples += len(delta.audio)
+                    yield encode_pcm16(delta.audio)
+        finally:  # also when the client left midway: what was generated counts
+            metrics.generated_tokens.labels(output.value).inc(generated_tokens)
         metrics.observe_speech(route, first_audio_s, time.perf_counter() - started, samples / SAMPLE_RATE)
 
     # Starlette cancels `body` when the client disconnects, which aborts the engine request.
@@ -358,19 +363,33 @@ async def synthesize(body: SynthesizeRequest, pipeline: PipelineDep) -> Response
     return Response(encode_wav(output.audio), media_type=WAV_MEDIA_TYPE)
 
 
-@router.get("/healthz")
-async def healthz() -> dict:
-    """Liveness: the process serves HTTP."""
-    return {"status": "ok"}
+@router.get("/v1/server", response_model=ServerDescription, responses=error_responses(503))
+async def describe_server(pipeline: PipelineDep) -> ServerDescription:
+    """What is served: the model id, its variant, the checkpoint root, and whether its weights are random."""
+    checkpoint = pipeline.checkpoint
+    return ServerDescription(
+        model=checkpoint.language_model.path.name,  # the id /v1/models lists
+        variant=checkpoint.variant,
+        checkpoint_root=str(checkpoint.root),
+        random_weights=checkpoint.random_weights,
+    )
 
 
-@router.get(
-    "/readyz",
-    responses={
-        200: {"model": Readiness, "description": "ready"},
-        503: {"model": Readiness, "description": "loading, draining, or the engine stopped"},
-    },
-)
+def _probe_answers(model: type, ok: str, failing: str) -> dict:
+    return {200: {"model": model, "description": ok}, 503: {"model": model, "description": failing}}
+
+
+@router.get("/healthz", responses=_probe_answers(Liveness, "alive", "the LM engine has failed: restart the process"))
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the process serves HTTP and its LM engine has not failed. A dead engine never comes back, so
+    failing here lets the orchestrator restart the pod (readiness alone would leave it NotReady forever)."""
+    pipeline = getattr(request.app.state, "pipeline", None)
+    if pipeline is not None and not pipeline.engine.is_healthy:
+        return JSONResponse({"status": "engine_failed"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", responses=_probe_answers(Readiness, "ready", "loading, draining, or the engine stopped"))
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: models loaded, warm-up done, engine alive."""
     pipeline = getattr(request.app.state, "pipeline", None)

@@ -124,8 +124,21 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class Liveness(BaseModel):
+    status: Literal["ok", "engine_failed"]
+
+
 class Readiness(BaseModel):
     ready: bool
     draining: bool | None = Field(None, description="true while a SIGTERM drain refuses new work")
     variant: Literal["base", "expressive"] | None = None
     speakers: list[str] | None = Field(None, description="the vocoder's speakers (index = `speaker`)")
+
+
+class ServerDescription(BaseModel):
+    """What this server serves, for clients (the voice page) to show."""
+
+    model: str = Field(description="the served model's id, as `/v1/models` lists it")
+    variant: Literal["base", "expressive"]
+    checkpoint_root: str = Field(description="the checkpoint root the server was started on")
+    random_weights: bool = Field(description="a tiny bundle of random weights (its speech is noise), not Spirit LM")

@@ -5,9 +5,11 @@ request, probe paths, drain vs. grace period, checkpoint mount, Service → cont
 stack's wiring and the Grafana dashboard's PromQL.
 
 Not validated here (no engine or binary for them on this machine): building the images (no Docker daemon),
-the CRD kinds ServiceMonitor and ScaledObject against their CRD schemas (kubernetes-validate ships only the
-built-in kinds; their structure and cross-references are checked below instead), Prometheus' config with
-promtool and the compose file with `docker compose config`.
+the CRD kinds ServiceMonitor, PrometheusRule and ScaledObject against their CRD schemas (kubernetes-validate ships
+only the built-in kinds; their structure and cross-references are checked instead), Prometheus' config and the
+alert rules with promtool and the compose file with `docker compose config`. What an operator would notice on a
+real cluster (issue #13: rollout timing, drain, strategy, scaling, exposure, downloads, QoS, alerts) is asserted
+in test_chart_operations.py.
 """
 
 import ast
@@ -30,12 +32,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "spiritserve"
 DEPLOY = REPO / "deploy"
+DASHBOARD = CHART / "dashboards" / "spiritserve.json"  # the one copy: the chart's ConfigMap and docker-compose
 DOCKERFILES = ["Dockerfile", "Dockerfile.cpu"]
 RELEASE, NAMESPACE = "demo", "speech"
 # The chart declares kubeVersion >=1.29: validate against the oldest and the newest schemas shipped.
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 # Custom resources: not in kubernetes-validate's schemas; test_custom_resources checks their structure instead.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+}
 
 # Every metric the dashboards and autoscalers may use (the service's own and vLLM's).
 COUNTERS = {"spiritserve_requests_total", "spiritserve_generated_tokens_total"}
@@ -47,6 +54,8 @@ HISTOGRAMS = {
     "spiritserve_real_time_factor",
 }
 GAUGES = {
+    "spiritserve_engine_healthy",
+    "spiritserve_load",
     "spiritserve_realtime_sessions",
     "spiritserve_in_flight_requests",
     "spiritserve_queue_depth",
@@ -55,6 +64,8 @@ GAUGES = {
     "vllm:kv_cache_usage_perc",
 }
 METRICS = COUNTERS | HISTOGRAMS | GAUGES
+# kube-state-metrics series the alerts use (kube-prometheus-stack ships it); not from this repository.
+KUBE_STATE_METRICS = {"kube_deployment_status_replicas_available", "kube_deployment_spec_replicas"}
 
 # Settings added with admission control, auth and drain (issue #6), whether or not settings.py has them yet.
 NEW_SETTINGS = {
@@ -69,17 +80,20 @@ NEW_SETTINGS = {
 
 EVERYTHING = {
     "ingress": {"enabled": True, "tls": [{"secretName": "spiritserve-tls", "hosts": ["spiritserve.example.com"]}]},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+    "metrics": {"serviceMonitor": {"enabled": True}, "labels": {"release": "kube-prometheus-stack"}},
     "podDisruptionBudget": {"enabled": True},
     "checkpoints": {
         "source": "download",
         "download": {"envFromSecret": "checkpoint-store", "env": [{"name": "RCLONE_CONFIG_S3_TYPE", "value": "s3"}]},
     },
     "apiKeys": {"enabled": True, "keys": ["key-one", "key-two"]},
-    "config": {"variant": "expressive", "publicPaths": "/healthz,/readyz,/metrics"},
+    "config": {"variant": "expressive", "publicPaths": "/healthz,/readyz"},
     "extraEnv": [{"name": "SPIRITSERVE_ENGINE_MAX_MODEL_LEN", "value": "4096"}],
     "runtimeClassName": "nvidia",
     "priorityClassName": "inference",
+    "gpuProducts": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H200"],
+    "compileCache": {"claimName": "spiritserve-compile-cache"},
+    "image": {"digest": "sha256:" + "0123456789abcdef" * 4},
 }
 VALUE_SETS = {
     "defaults": None,
@@ -175,11 +189,11 @@ PROMQL_FUNCTIONS = {
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool"}
 
 
-def promql_metrics(expression: str) -> set[str]:
+def promql_metrics(expression: str, known: set[str] = METRICS) -> set[str]:
     """Metric names in a PromQL expression (histogram suffixes folded to the histogram's name).
 
     Fails on anything it does not understand: an unknown function, an identifier that is neither a keyword nor a
-    metric of METRICS, a histogram suffix on a non-histogram, unbalanced brackets."""
+    metric of `known`, a histogram suffix on a non-histogram, unbalanced brackets."""
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expression)  # label values may contain anything
     assert text.count("(") == text.count(")") and text.count("{") == text.count("}"), expression
     text = re.sub(r"\{[^{}]*\}", " ", text)  # label matchers
@@ -197,7 +211,7 @@ def promql_metrics(expression: str) -> set[str]:
             base = re.sub(r"_(bucket|sum|count)$", "", word)
             if base != word:
                 assert base in HISTOGRAMS, f"{word!r} is not a series of a known histogram in {expression!r}"
-            assert base in METRICS, f"unknown metric {word!r} in {expression!r}"
+            assert base in known, f"unknown metric {word!r} in {expression!r}"
             found.add(base)
     return found
 
@@ -296,7 +310,7 @@ def test_rendered_manifests_match_kubernetes_schemas(value_set):
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(document, version, strict=True)
         checked.add(document["kind"])
-    expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"}
     if value_set.startswith("everything"):
         expected |= {"Ingress", "Secret"}
     if value_set == "everything-hpa":
@@ -305,8 +319,12 @@ def test_rendered_manifests_match_kubernetes_schemas(value_set):
 
 
 def test_optional_objects_follow_values():
-    assert kinds("defaults") == {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
-    assert {"Ingress", "Secret", "ServiceMonitor", "HorizontalPodAutoscaler"} <= kinds("everything-hpa")
+    assert kinds("defaults") == {
+        "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap",
+    }  # fmt: skip
+    assert "PrometheusRule" not in kinds("defaults")  # its CRD comes with the ServiceMonitor's operator
+    everything = kinds("everything-hpa")
+    assert {"Ingress", "Secret", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler"} <= everything
     assert "ScaledObject" not in kinds("everything-hpa")
     assert {"ScaledObject", "ServiceMonitor"} <= kinds("everything-keda")
     assert "HorizontalPodAutoscaler" not in kinds("everything-keda")  # KEDA owns the HPA it creates
@@ -334,7 +352,11 @@ def test_environment_uses_only_real_settings(value_set):
     container = server_container(only(value_set, "Deployment"))
     env = env_of(container)
     assert env["SPIRITSERVE_HOST"] == "0.0.0.0" and env["HF_HUB_OFFLINE"] == "1"
-    assert int(env["SPIRITSERVE_PORT"]) == container["ports"][0]["containerPort"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert int(env["SPIRITSERVE_PORT"]) == container["ports"][0]["containerPort"] == ports["http"]
+    # /metrics only on its own port (the metrics server binds SPIRITSERVE_HOST, 0.0.0.0 above); JSON log lines.
+    assert int(env["SPIRITSERVE_METRICS_PORT"]) == ports["metrics"] != ports["http"]
+    assert env["SPIRITSERVE_LOG_FORMAT"] == "json"
     unknown = {name for name in env if name.startswith("SPIRITSERVE_")} - known_settings()
     assert not unknown, f"not settings of spiritserve: {unknown}"
     for name in ("SPIRITSERVE_MAX_IN_FLIGHT", "SPIRITSERVE_MAX_QUEUE_PER_STAGE", "SPIRITSERVE_DRAIN_TIMEOUT_S"):
@@ -352,17 +374,21 @@ def test_termination_grace_outlasts_prestop_and_drain(value_set):
 
 
 def test_chart_refuses_values_that_would_fail_in_production():
-    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
-        render({"terminationGracePeriodSeconds": 60, "config": {"drainTimeoutSeconds": 60}})
     with pytest.raises(helm.HelmError, match="checkpoints.source"):
         render({"checkpoints": {"source": "s3"}})
     with pytest.raises(helm.HelmError, match="apiKeys"):
         render({"apiKeys": {"enabled": True}})
     with pytest.raises(helm.HelmError, match="probe path /readyz"):  # probes carry no API key
         render({"apiKeys": {"enabled": True, "keys": ["k"]}, "config": {"publicPaths": "/healthz,/metrics"}})
-    with pytest.raises(helm.HelmError, match="/metrics"):
-        render({"apiKeys": {"enabled": True, "keys": ["k"]}, "config": {"publicPaths": "/healthz,/readyz"}})
-    render({"apiKeys": {"enabled": True, "keys": ["k"]}, "config": {"publicPaths": "/healthz, /readyz,/metrics"}})
+    # /metrics has its own keyless port: public paths need only the probes, whether or not Prometheus scrapes.
+    render({"apiKeys": {"enabled": True, "keys": ["k"]}, "config": {"publicPaths": "/healthz, /readyz"}})
+    render(
+        {
+            "apiKeys": {"enabled": True, "keys": ["k"]},
+            "config": {"publicPaths": "/healthz,/readyz"},
+            "metrics": {"serviceMonitor": {"enabled": True}},
+        }
+    )
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -377,7 +403,7 @@ def test_checkpoints_mounted_where_spiritserve_checkpoints_points(value_set):
     if value_set.startswith("everything"):  # download: an init container fills an emptyDir first
         assert "emptyDir" in volume
         (init,) = pod["initContainers"]
-        assert init["args"][:3] == ["copy", "s3:my-bucket/spiritlm", root]
+        assert init["args"][:2] == ["s3:my-bucket/spiritlm", root] and 'rclone copy "$@"' in init["command"][4]
         assert {"name": mount["name"], "mountPath": root} in init["volumeMounts"]
         assert init["envFrom"] == [{"secretRef": {"name": "checkpoint-store"}}]
     else:
@@ -408,6 +434,10 @@ def test_service_reaches_the_container_port(value_set):
     for service_port in service["spec"]["ports"]:
         target = service_port["targetPort"]
         assert any(target in (port["name"], port["containerPort"]) for port in ports), target
+    by_name = {port["name"]: port for port in service["spec"]["ports"]}
+    assert set(by_name) == {"http", "metrics"} and by_name["http"]["targetPort"] == "http"
+    metrics_port = int(env_of(server_container(deployment))["SPIRITSERVE_METRICS_PORT"])
+    assert by_name["metrics"]["targetPort"] == "metrics" and by_name["metrics"]["port"] == metrics_port
 
 
 def test_ingress_routes_to_the_service_with_websocket_timeouts():
@@ -421,6 +451,7 @@ def test_ingress_routes_to_the_service_with_websocket_timeouts():
             backend = path["backend"]["service"]
             assert backend["name"] == service["metadata"]["name"]
             assert backend["port"].get("name", backend["port"].get("number")) in service_ports
+            assert backend["port"] == {"name": "http"}  # never the keyless metrics port
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -440,6 +471,9 @@ def test_api_keys_file_comes_from_the_mounted_secret():
         container, pod = server_container(deployment), deployment["spec"]["template"]["spec"]
         keys_file = Path(env_of(container)["SPIRITSERVE_API_KEYS_FILE"])
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(keys_file.parent)]
+        # A directory mount: the kubelet swaps the file on Secret updates and the server re-reads it. A subPath
+        # mount never sees an update (the keys would only change with a restart).
+        assert "subPath" not in mount and "subPathExpr" not in mount and mount["readOnly"] is True
         (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
         assert volume["secret"]["secretName"] == secret_name
         assert {"key": key, "path": keys_file.name} in volume["secret"]["items"]
@@ -472,7 +506,7 @@ def adapter_metrics() -> dict[str, str]:
 
 def test_prometheus_adapter_rules_serve_known_series():
     served = adapter_metrics()
-    assert served["spiritserve_in_flight_requests"] == "spiritserve_in_flight_requests"
+    assert served["spiritserve_load"] == "spiritserve_load"
     assert set(served.values()) <= GAUGES
     with helm.Chart.load(CHART) as chart:
         assert chart.values["autoscaling"]["metric"] in served
@@ -490,6 +524,7 @@ def test_custom_resources():
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]] and endpoint["path"] == "/metrics"
+        assert endpoint["port"] == "metrics"  # SPIRITSERVE_METRICS_PORT: the API port answers 404 for /metrics
         assert re.fullmatch(r"\d+s", endpoint["interval"]) and re.fullmatch(r"\d+s", endpoint["scrapeTimeout"])
     scaled = only("everything-keda", "ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
@@ -502,8 +537,7 @@ def test_custom_resources():
     metadata = trigger["metadata"]
     assert all(isinstance(value, str) for value in metadata.values())  # KEDA trigger metadata is map[string]string
     assert metadata["serverAddress"].startswith("http") and float(metadata["threshold"]) > 0
-    assert promql_metrics(metadata["query"]) == {"spiritserve_in_flight_requests"}
-    assert f'service="{only("everything-keda", "Service")["metadata"]["name"]}"' in metadata["query"]
+    assert promql_metrics(metadata["query"]) == {"spiritserve_load"}
 
 
 def test_notes_render():
@@ -563,7 +597,10 @@ def test_prometheus_scrapes_the_spiritserve_service():
     assert job["metrics_path"] == "/metrics"
     (target,) = job["static_configs"][0]["targets"]
     host, port = target.split(":")
-    assert host == "spiritserve" and int(port) == int(services["spiritserve"]["environment"]["SPIRITSERVE_PORT"])
+    env = services["spiritserve"]["environment"]
+    # The metrics port (keyless; the API port answers 404 for /metrics), on the compose network only.
+    assert host == "spiritserve" and int(port) == int(env["SPIRITSERVE_METRICS_PORT"]) != int(env["SPIRITSERVE_PORT"])
+    assert int(port) not in published(services["spiritserve"])
     mounts = [v.split(":") for v in services["prometheus"]["volumes"]]
     config_file = [arg.split("=", 1)[1] for arg in services["prometheus"]["command"] if arg.startswith("--config")]
     assert ["./prometheus.yml", config_file[0], "ro"] in mounts
@@ -574,23 +611,24 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard():
     grafana = services["grafana"]
     mounts = {source: target for source, target, *_ in (v.split(":") for v in grafana["volumes"])}
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboards = "../helm/spiritserve/dashboards"  # the chart's copy: one dashboard for compose and Kubernetes
+    assert (DEPLOY / dashboards).resolve() == DASHBOARD.parent
     datasources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     (source,) = datasources["datasources"]
     host, port = source["url"].removeprefix("http://").split(":")
     assert source["type"] == "prometheus" and host == "prometheus" and int(port) in published(services["prometheus"])
     providers = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/spiritserve.yml").read_text())
     (provider,) = providers["providers"]
-    assert provider["options"]["path"] == mounts["./grafana/dashboards"]
+    assert provider["options"]["path"] == mounts[dashboards]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert home.startswith(mounts["./grafana/dashboards"] + "/")
-    assert (DEPLOY / "grafana/dashboards" / Path(home).name).exists()
+    assert home == f"{mounts[dashboards]}/{DASHBOARD.name}"
 
 
 # --------------------------------------------------------------------------------------------- dashboard
 
 
 def dashboard() -> dict:
-    return json.loads((DEPLOY / "grafana/dashboards/spiritserve.json").read_text())
+    return json.loads(DASHBOARD.read_text())
 
 
 def test_dashboard_queries_use_only_known_metrics_and_cover_them_all():
@@ -608,9 +646,17 @@ def test_dashboard_queries_use_only_known_metrics_and_cover_them_all():
     assert used == METRICS, f"metrics without a panel: {METRICS - used}"
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
     assert variables["datasource"]["query"] == "prometheus"
-    # Grafana's label_values(series, label): the series part is PromQL.
-    series = re.fullmatch(r"label_values\((.+),\s*instance\)", variables["instance"]["definition"]).group(1)
-    assert promql_metrics(series) == {"spiritserve_requests_total"}
+    # Pods are told apart by namespace and pod (the labels Kubernetes scraping attaches and compose's Prometheus
+    # sets), not by `instance` (an address that changes with every restart). Pods list within the namespaces.
+    assert set(variables) == {"datasource", "namespace", "pod"}
+    for label in ("namespace", "pod"):  # Grafana's label_values(series, label): the series part is PromQL
+        series = re.fullmatch(rf"label_values\((.+),\s*{label}\)", variables[label]["definition"]).group(1)
+        assert promql_metrics(series) == {"spiritserve_requests_total"}
+    assert "$namespace" in variables["pod"]["definition"]
+    for panel in panels:
+        for target in panel["targets"]:
+            assert 'namespace=~"$namespace"' in target["expr"] and 'pod=~"$pod"' in target["expr"], target["expr"]
+            assert "instance" not in target["expr"]
 
 
 def test_metric_names_exist_in_the_code():

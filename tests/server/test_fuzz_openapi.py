@@ -32,7 +32,8 @@ MODEL_ROUTES = [("POST", "/v1/speech/continue"), ("POST", "/v1/generate"), ("POS
                 ("POST", "/v1/synthesize"), ("POST", "/v1/chat/completions"), ("POST", "/v1/audio/speech"),
                 ("POST", "/v1/audio/transcriptions")]  # fmt: skip
 # Nothing invalid to generate (the model id is any string: unknown ones get their documented 404).
-PROBE_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}")]
+PROBE_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"),
+                ("GET", "/v1/server")]  # fmt: skip
 CASES = [(*route, GenerationMode.POSITIVE) for route in MODEL_ROUTES + PROBE_ROUTES] + [
     (*route, GenerationMode.NEGATIVE) for route in MODEL_ROUTES
 ]

@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from spiritserve.server.app import install_error_handlers
-from tests.conftest import _free_port, serve_process
+from tests.conftest import free_port, serve_process
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIP = FIXTURES / "espeak_16k_mono.flac"
@@ -101,7 +101,7 @@ def failing_app_url() -> Iterator[str]:
     async def fails() -> dict:
         raise RuntimeError("a bug with internal detail /srv/secret")
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -187,14 +187,16 @@ def test_the_openapi_document_resolves_and_documents_audio_answers_and_errors(cl
             assert {"401", "429", "500"} <= set(errors), (route, method)
             openai_route = route in OPENAI_ROUTES  # OpenAI's error shape, 400 for invalid values (no 422)
             for code, entry in errors.items():
-                readiness = route == "/readyz" and code == "503"  # not ready: the readiness body, not an error
-                expected = {"$ref": "#/components/schemas/Readiness"} if readiness else error_schema
+                probes = {"/readyz": "Readiness", "/healthz": "Liveness"}  # a failing probe answers its own body
+                probe = route in probes and code == "503"
+                expected = {"$ref": f"#/components/schemas/{probes[route]}"} if probe else error_schema
                 expected = {"$ref": "#/components/schemas/OpenAIErrorResponse"} if openai_route else expected
                 assert entry["content"]["application/json"]["schema"] == expected, (route, method, code)
             if openai_route and method == "post":
                 assert {"400", "404", "408", "413", "415", "503"} <= set(errors), (route, method)
             elif route.startswith("/v1/") and not openai_route:
-                assert {"400", "408", "413", "415", "422", "503"} <= set(errors), (route, method)
+                if method == "post":
+                    assert {"400", "408", "413", "415", "422", "503"} <= set(errors), (route, method)
                 assert "retry-after" in {name.lower() for name in errors["503"]["headers"]}
     assert "503" in paths["/readyz"]["get"]["responses"]
 

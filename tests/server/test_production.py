@@ -2,6 +2,7 @@
 graceful drain on SIGTERM (which ends this module's server, so it runs last)."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,24 +12,30 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import serve_process
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIP = FIXTURES / "espeak_16k_mono.flac"
-KEY, OTHER_KEY = "sk-test-one", "sk-test-two"
+KEY, OTHER_KEY, ROTATED_KEY = "sk-test-one", "sk-test-two", "sk-test-three"
 MAX_IN_FLIGHT = 2
 RATE_PER_MINUTE = 120
 
 
 @pytest.fixture(scope="module")
-def production_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(url, process): `spiritserve serve` with keys (one inline, one from a file), 2 requests in flight,
-    a per-key rate limit and a 60 s drain."""
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keys_file = tmp_path_factory.mktemp("secrets") / "keys"
     keys_file.write_text(f"\n{OTHER_KEY}\n")
+    return keys_file
+
+
+@pytest.fixture(scope="module")
+def production_server(tiny_bundle: Path, keys_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(url, process): `spiritserve serve` with keys (one inline, one from a file), 2 requests in flight,
+    a per-key rate limit and a 60 s drain."""
     env = {
         "SPIRITSERVE_API_KEYS": KEY,
         "SPIRITSERVE_API_KEYS_FILE": str(keys_file),
@@ -60,6 +67,25 @@ def test_keys_are_required_except_on_public_paths(production_server):
     assert wrong.status_code == 401 and "not valid" in wrong.json()["error"]["message"]
     for key in (KEY, OTHER_KEY):  # inline and from the file
         assert httpx.post(f"{url}/v1/tokenize", files=upload(), headers=authorized(key)).status_code == 200
+
+
+def test_a_rewritten_key_file_takes_effect_without_a_restart(production_server, keys_file):
+    url, _ = production_server
+
+    def wait_for_status(key: str, expected: int) -> None:
+        deadline = time.monotonic() + 10  # the file is checked once a second
+        while httpx.get(f"{url}/v1/models", headers=authorized(key)).status_code != expected:
+            assert time.monotonic() < deadline, f"{key}: still not {expected}"
+            time.sleep(0.3)
+
+    assert httpx.get(f"{url}/v1/models", headers=authorized(ROTATED_KEY)).status_code == 401
+    keys_file.write_text(f"{ROTATED_KEY}\n{OTHER_KEY}\n")  # a key added, as a Secret update does
+    wait_for_status(ROTATED_KEY, 200)
+    keys_file.write_text(f"{ROTATED_KEY}\n")  # and one revoked
+    wait_for_status(OTHER_KEY, 401)
+    assert httpx.get(f"{url}/v1/models", headers=authorized(KEY)).status_code == 200  # inline keys stay
+    keys_file.write_text(f"\n{OTHER_KEY}\n")  # back to what the other tests expect
+    wait_for_status(OTHER_KEY, 200)
 
 
 def test_websocket_takes_the_key_as_a_subprotocol_or_in_the_query_for_browsers(production_server):
@@ -166,24 +192,53 @@ def test_operator_metrics_are_exported(production_server):
     assert any('status="401"' in line for line in refused)  # refused before routing: route "unmatched"
 
 
-def test_sigterm_lets_a_long_generation_finish_then_exits_0(production_server):
+def test_sigterm_lets_running_work_finish_moves_sessions_away_then_exits_0(production_server):
+    """The drain: a long REST generation and a voice answer already running both finish; an idle voice session
+    is closed at once with 1012 (reconnect elsewhere); a new turn on the busy session is refused; exit 0."""
     url, process = production_server
     form = {"max_speech_seconds": "40", "seed": "2", "response_format": "json"}  # 1000 tokens: several seconds
+    socket_url = f"ws{url.removeprefix('http')}/v1/realtime"
+
+    async def next_event(socket, event_type: str) -> dict:
+        while (event := json.loads(await asyncio.wait_for(socket.recv(), 60)))["type"] != event_type:
+            pass
+        return event
 
     async def scenario():
-        async with httpx.AsyncClient(base_url=url, headers=authorized(), timeout=120) as http:
+        async with (
+            httpx.AsyncClient(base_url=url, headers=authorized(), timeout=120) as http,
+            ws_connect(socket_url, additional_headers=authorized(), max_size=None) as idle,
+            ws_connect(socket_url, additional_headers=authorized(), max_size=None) as busy,
+        ):
+            await busy.send(json.dumps({"type": "session.update", "session": {
+                "audio": {"input": {"turn_detection": None}}, "max_response_seconds": 20, "seed": 5}}))  # fmt: skip
+            await busy.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]}}))  # fmt: skip
+            await busy.send(json.dumps({"type": "response.create"}))
+            await next_event(busy, "response.output_audio.delta")  # the answer is running
             long_request = asyncio.create_task(http.post("/v1/speech/continue", files=upload(), data=form))
             deadline = time.monotonic() + 60
             while "spiritserve_in_flight_requests 1.0" not in (await http.get("/metrics")).text:
                 assert time.monotonic() < deadline, "the long request never got in flight"
                 await asyncio.sleep(0.05)
             process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5)
+            with pytest.raises(ConnectionClosed) as idle_closed:
+                await next_event(idle, "never")
+            await busy.send(json.dumps({"type": "response.create", "event_id": "late-turn"}))
+            refusal = await next_event(busy, "error")
+            answer = await next_event(busy, "response.done")
+            with pytest.raises(ConnectionClosed) as busy_closed:
+                await next_event(busy, "never")
             ready = await http.get("/readyz")
             refused = await http.post("/v1/tokenize", files=upload())
-            return ready, refused, await long_request
+            return idle_closed.value, refusal, answer, busy_closed.value, ready, refused, await long_request
 
-    ready, refused, finished = asyncio.run(scenario())
+    idle_closed, refusal, answer, busy_closed, ready, refused, finished = asyncio.run(scenario())
+    assert idle_closed.rcvd.code == 1012  # service restart: the client reconnects, to another replica
+    assert refusal["error"]["code"] == "server_shutting_down" and refusal["error"]["event_id"] == "late-turn"
+    assert answer["response"]["status"] == "completed"  # the running answer was not cut
+    assert answer["response"]["usage"]["output_audio_seconds"] > 19
+    assert busy_closed.rcvd.code == 1012  # and then that session moves on too
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
     assert finished.status_code == 200 and finished.json()["finish_reason"] == "length"

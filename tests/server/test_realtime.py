@@ -207,7 +207,7 @@ def test_text_output_streams_text_deltas(session):
         (json.dumps({"type": "input_audio_buffer.append", "audio": "!!"}), "invalid_audio"),
         (json.dumps({"type": "session.update", "session": {"temperature": 9}}), "invalid_session"),
         (
-            json.dumps({"type": "session.update", "session": {"audio": {"output": {"voice": "alloy"}}}}),
+            json.dumps({"type": "session.update", "session": {"audio": {"output": {"voice": "nobody"}}}}),
             "invalid_session",
         ),
         (json.dumps({"type": "session.update", "session": {"output_modality": "text"}}), "invalid_session"),

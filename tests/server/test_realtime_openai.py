@@ -192,3 +192,117 @@ def test_a_malformed_item_is_an_error_and_the_session_goes_on(connection):
     connection.conversation.item.create(item={"type": "message", "role": "user",
                                               "content": [{"type": "input_text", "text": "Hello"}]})  # fmt: skip
     assert events_until(connection, "conversation.item.done")[-1].item.content[0].text == "Hello"
+
+
+# One-token text answers out of the conversation: their `input_tokens` measure the prompt the conversation makes.
+PROBE = {"conversation": "none", "output_modalities": ["text"], "max_output_tokens": 1}
+
+
+def text_item(text: str) -> dict:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def add_item(connection, text: str, **placement):
+    connection.conversation.item.create(item=text_item(text), **placement)
+    return events_until(connection, "conversation.item.done")[-1]
+
+
+def prompt_tokens(connection, **response) -> int:
+    connection.response.create(response={**PROBE, **response})
+    done = events_until(connection, "response.done")[-1].response
+    assert done.status == "completed"
+    return done.usage.input_tokens
+
+
+def test_an_out_of_band_response_stays_out_of_the_conversation(connection):
+    events_until(connection, "session.created")
+    connection.session.update(session={"seed": 3})
+    events_until(connection, "session.updated")
+    add_item(connection, "The largest city is")
+    connection.response.create(response={**PROBE, "metadata": {"purpose": "probe"}})
+    events = events_until(connection, "response.done")
+    created, done = events[0].response, events[-1].response
+    assert created.conversation_id is None and done.conversation_id is None
+    assert created.metadata == done.metadata == {"purpose": "probe"} and done.output_modalities == ["text"]
+    assert prompt_tokens(connection) == done.usage.input_tokens  # its answer did not join the conversation
+    connection.response.create(response={"output_modalities": ["text"], "max_output_tokens": 3})
+    answer = events_until(connection, "response.done")[-1].response
+    assert answer.conversation_id.startswith("conv_") and answer.usage.output_tokens > 0
+    assert prompt_tokens(connection) > done.usage.input_tokens  # this one did
+
+
+def test_deleted_items_leave_the_prompt_and_retrieve_returns_items(connection):
+    events_until(connection, "session.created")
+    add_item(connection, "The largest city is")
+    second = add_item(connection, "Paris, which has many museums").item
+    both = prompt_tokens(connection)
+    connection.conversation.item.retrieve(item_id=second.id)
+    retrieved = events_until(connection, "conversation.item.retrieved")[-1].item
+    assert retrieved.id == second.id and retrieved.role == "user"
+    assert retrieved.content[0].text == "Paris, which has many museums"
+    connection.conversation.item.delete(item_id=second.id)
+    assert events_until(connection, "conversation.item.deleted")[-1].item_id == second.id
+    first_only = prompt_tokens(connection)
+    assert first_only < both
+    connection.conversation.item.retrieve(item_id=second.id)
+    assert events_until(connection, "error")[-1].error.code == "item_retrieve_invalid_item_id"
+    connection.conversation.item.delete(item_id=second.id, event_id="evt_again")
+    error = events_until(connection, "error")[-1].error
+    assert error.code == "item_delete_invalid_item_id" and error.event_id == "evt_again"
+    assert prompt_tokens(connection) == first_only  # the session goes on, its conversation unchanged
+
+
+def test_items_go_after_previous_item_id_or_first_with_root(connection):
+    events_until(connection, "session.created")
+    one = add_item(connection, "one")
+    three = add_item(connection, "three")
+    assert one.previous_item_id is None and three.previous_item_id == one.item.id
+    assert add_item(connection, "two", previous_item_id=one.item.id).previous_item_id == one.item.id
+    assert add_item(connection, "zero", previous_item_id="root").previous_item_id is None
+    four = add_item(connection, "four")
+    assert four.previous_item_id == three.item.id  # the end is still "three"
+    connection.conversation.item.create(item=text_item("lost"), previous_item_id="item_unknown")
+    error = events_until(connection, "error")[-1].error
+    assert error.code == "item_create_invalid_previous_item_id" and error.param == "previous_item_id"
+    assert add_item(connection, "five").previous_item_id == four.item.id  # "lost" was not added
+
+
+def test_truncating_a_spoken_answer_keeps_only_what_was_heard(connection):
+    events_until(connection, "session.created")
+    connection.session.update(session={**GA_SESSION, "max_response_seconds": 1, "seed": 3})
+    events_until(connection, "session.updated")
+    question = add_item(connection, "The largest city is").item
+    connection.response.create()
+    answer = events_until(connection, "response.done")[-1].response
+    item_id, spoken_ms = answer.output[0].id, round(answer.usage.model_extra["output_audio_seconds"] * 1000)
+    assert answer.status == "completed" and spoken_ms > 0 and answer.output[0].content[0].transcript is None
+    whole = prompt_tokens(connection)
+    for wrong_id, code in ((item_id + "x", "item_truncate_invalid_item_id"), (question.id, "invalid_value")):
+        connection.conversation.item.truncate(item_id=wrong_id, content_index=0, audio_end_ms=0)
+        assert events_until(connection, "error")[-1].error.code == code
+    connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=spoken_ms + 20)
+    error = events_until(connection, "error")[-1].error
+    assert error.code == "invalid_value" and error.param == "audio_end_ms"  # past the end of the audio
+    connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=spoken_ms)
+    truncated = events_until(connection, "conversation.item.truncated")[-1]
+    assert (truncated.item_id, truncated.audio_end_ms) == (item_id, spoken_ms)
+    assert prompt_tokens(connection) == whole  # all of it was heard
+    connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=0)
+    events_until(connection, "conversation.item.truncated")
+    # Nothing was heard: the answer's units leave the prompt.
+    assert prompt_tokens(connection) <= whole - answer.usage.output_tokens
+
+
+def test_response_input_replaces_the_conversation_for_one_response(connection):
+    events_until(connection, "session.created")
+    first = add_item(connection, "The largest city is").item
+    second = add_item(connection, "Paris, which has many museums").item
+    both = prompt_tokens(connection)
+    references = [{"type": "item_reference", "id": first.id}, {"type": "item_reference", "id": second.id}]
+    assert prompt_tokens(connection, input=references) == both  # the same items: the same prompt
+    assert prompt_tokens(connection, input=[references[0], text_item("Paris, which has many museums")]) == both
+    assert prompt_tokens(connection, input=references[:1]) < both
+    assert prompt_tokens(connection, instructions="Answer in one word.") > both
+    connection.response.create(response={**PROBE, "input": [{"type": "item_reference", "id": "item_unknown"}]})
+    assert events_until(connection, "error")[-1].error.code == "response_create_invalid_item_id"
+    assert prompt_tokens(connection) == both  # the conversation is as it was

@@ -1,13 +1,15 @@
 // spiritserve voice chat: microphone → 24 kHz PCM16 → /v1/realtime (server VAD) → 24 kHz PCM16 deltas → speakers.
 // Protocol: OpenAI's GA Realtime events, docs/realtime.md. Counters for tests and debugging live on `window.spiritserve`.
 // Audio is `audio/pcm` at 24 kHz both ways (OpenAI's default): the AudioContext runs at 24 kHz, so the browser
-// resamples the microphone for us and the answer plays at its own rate.
+// resamples the microphone for us and the answer plays at its own rate. The conversation stays on the page as turns:
+// what you said (the audio sent, cut where the server's VAD heard it) and each answer, both as WAV players.
 
 const RATE = 24000; // audio/pcm in and out
 const CHUNK_MS = 100; // microphone audio per input_audio_buffer.append
 const PLAYBACK_LEAD_S = 0.05; // headroom when (re)starting playback after an underrun
 const MAX_BUFFERED_BYTES = 1 << 20; // drop microphone audio rather than queue more than this on a slow socket
 const MAX_LOG_LINES = 200;
+const MAX_TURN_SECONDS = 120; // microphone audio kept for the user's turn player while no turn ends
 
 const stats = {
   status: "idle",
@@ -30,7 +32,8 @@ window.spiritserve = stats;
 const $ = (id) => document.getElementById(id);
 const ui = {
   start: $("start"), commit: $("commit"), cancel: $("cancel"), status: $("status"), level: $("level"),
-  text: $("text"), log: $("log"), error: $("error"), settings: $("settings"),
+  log: $("log"), error: $("error"), settings: $("settings"), turns: $("turns"), servedModel: $("served_model"),
+  randomWeights: $("random_weights"),
 };
 const fields = ["output_modality", "max_response_seconds", "max_response_tokens", "temperature", "seed", "vad",
   "silence_ms", "threshold"];
@@ -43,6 +46,12 @@ let recorder = null;
 let socket = null;
 let playhead = 0; // AudioContext time at which the next output chunk starts
 const playing = new Set();
+// The microphone audio sent in this session, kept from the start of the turn in progress: PCM16 chunks covering
+// samples [start, total) of the session's input stream (the positions the server's VAD events give in ms).
+let sent = { chunks: [], start: 0, total: 0 };
+let prefixPaddingMs = 0; // the server's VAD keeps this much audio before the detected speech start
+const turn = { start: null, end: null, endedAt: null }; // the user's turn: samples, and when it ended (page clock)
+let answer = null; // the assistant turn being received
 
 function presetFromQuery() {
   const query = new URLSearchParams(location.search);
@@ -66,6 +75,10 @@ function log(text) {
   ui.log.append(line);
   while (ui.log.childElementCount > MAX_LOG_LINES) ui.log.firstElementChild.remove();
   line.scrollIntoView({ block: "nearest" });
+}
+
+function apiKey() {
+  return new URLSearchParams(location.search).get("api_key");
 }
 
 function showError(code, message) {
@@ -126,6 +139,10 @@ function onMicrophoneChunk(pcm, level) {
   }
   send({ type: "input_audio_buffer.append", audio: toBase64(new Uint8Array(pcm)) });
   stats.chunksSent += 1;
+  const samples = new Int16Array(pcm);
+  sent.chunks.push(samples);
+  sent.total += samples.length;
+  forgetSentBefore(sent.total - MAX_TURN_SECONDS * RATE);
 }
 
 async function startRecorder() {
@@ -165,8 +182,7 @@ async function startRecorder() {
 
 // Playback --------------------------------------------------------------------------------------------------
 
-function playPcm16(bytes) {
-  const pcm = new Int16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
+function playPcm16(pcm) {
   if (pcm.length === 0) return;
   const samples = new Float32Array(pcm.length);
   for (let i = 0; i < pcm.length; i++) samples[i] = pcm[i] / 32768;
@@ -196,6 +212,125 @@ function stopPlayback() {
   playhead = 0;
 }
 
+// What is served and the conversation -----------------------------------------------------------------------
+
+async function showServed() {
+  const key = apiKey();
+  try {
+    const response = await fetch(new URL("v1/server", document.baseURI), {
+      headers: key ? { Authorization: `Bearer ${key}` } : {},
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      const hint = response.status === 401 ? " (open this page as /?api_key=KEY)" : "";
+      throw new Error(`${body.error ? body.error.message : response.statusText}${hint}`);
+    }
+    ui.servedModel.textContent = `${body.model}, ${body.variant} variant, from ${body.checkpoint_root}`;
+    ui.randomWeights.hidden = !body.random_weights;
+  } catch (error) {
+    ui.servedModel.textContent = `unknown: ${error.message || error}`;
+  }
+}
+
+function forgetSentBefore(position) {
+  while (sent.chunks.length && sent.start + sent.chunks[0].length <= position) sent.start += sent.chunks.shift().length;
+}
+
+// The sent microphone audio of samples [from, to), as views on the kept chunks.
+function sentAudio(from, to) {
+  const parts = [];
+  let at = sent.start;
+  for (const chunk of sent.chunks) {
+    const begin = Math.max(from - at, 0);
+    const end = Math.min(to - at, chunk.length);
+    if (begin < end) parts.push(chunk.subarray(begin, end));
+    at += chunk.length;
+  }
+  return parts;
+}
+
+// PCM16 mono at 24 kHz → a WAV the page's <audio> players can seek (a blob: URL, which the CSP's media-src allows).
+function wavUrl(parts) {
+  const bytes = parts.reduce((sum, part) => sum + part.byteLength, 0);
+  const header = new DataView(new ArrayBuffer(44));
+  const tags = [["RIFF", 0], ["WAVE", 8], ["fmt ", 12], ["data", 36]];
+  for (const [tag, offset] of tags) for (let i = 0; i < 4; i++) header.setUint8(offset + i, tag.charCodeAt(i));
+  header.setUint32(4, 36 + bytes, true);
+  header.setUint32(16, 16, true); // fmt chunk size
+  header.setUint16(20, 1, true); // PCM
+  header.setUint16(22, 1, true); // mono
+  header.setUint32(24, RATE, true);
+  header.setUint32(28, RATE * 2, true); // bytes per second
+  header.setUint16(32, 2, true); // bytes per frame
+  header.setUint16(34, 16, true); // bits per sample
+  header.setUint32(40, bytes, true);
+  return URL.createObjectURL(new Blob([header, ...parts], { type: "audio/wav" }));
+}
+
+function addTurn(role, who) {
+  const item = document.createElement("li");
+  item.className = `turn ${role}`;
+  const heading = document.createElement("div");
+  const name = document.createElement("strong");
+  name.textContent = who;
+  const detail = document.createElement("span");
+  detail.className = "detail";
+  heading.append(name, " ", detail);
+  const player = document.createElement("audio");
+  player.controls = true;
+  player.preload = "metadata";
+  player.hidden = true;
+  const text = document.createElement("p");
+  text.className = "text";
+  item.append(heading, player, text);
+  ui.turns.append(item);
+  item.scrollIntoView({ block: "nearest" });
+  return { item, detail, player, text };
+}
+
+function setAudio(entry, parts) {
+  if (parts.length === 0) return;
+  entry.player.src = wavUrl(parts);
+  entry.player.hidden = false;
+}
+
+function endUserTurn(endSample) {
+  turn.end = endSample;
+  turn.endedAt = performance.now();
+}
+
+function addUserTurn() {
+  const end = turn.end ?? sent.total;
+  const entry = addTurn("user", "You");
+  setAudio(entry, sentAudio(turn.start ?? sent.start, end));
+  forgetSentBefore(end);
+  turn.start = turn.end = null;
+}
+
+function startAnswer() {
+  answer = { ...addTurn("assistant", "Spirit LM"), chunks: [], since: turn.endedAt ?? performance.now() };
+  answer.detail.textContent = "answering…";
+  turn.endedAt = null;
+}
+
+function addAnswerAudio(pcm) {
+  if (!answer) return;
+  if (answer.chunks.length === 0) {
+    // Time to first audio: from the end of the user's turn (the VAD's speech_stopped, or Send) to the first delta.
+    answer.detail.textContent = `first audio after ${Math.round(performance.now() - answer.since)} ms`;
+  }
+  answer.chunks.push(pcm);
+}
+
+function endAnswer(status) {
+  if (!answer) return;
+  answer.item.dataset.status = status;
+  setAudio(answer, answer.chunks);
+  if (answer.chunks.length === 0) answer.detail.textContent = "";
+  if (status !== "completed") answer.detail.textContent += ` (${status})`;
+  answer = null;
+}
+
 // Server events ---------------------------------------------------------------------------------------------
 
 function onServerEvent(event) {
@@ -208,36 +343,47 @@ function onServerEvent(event) {
       log(`session updated: ${event.session.audio.input.format.type} at ${event.session.audio.input.format.rate} Hz, ` +
         `${event.session.audio.input.turn_detection ? "server VAD" : "manual turns"}, ` +
         `${event.session.output_modalities.join("+")} answers, voice ${event.session.audio.output.voice}`);
+      prefixPaddingMs = event.session.audio.input.turn_detection?.prefix_padding_ms ?? 0;
       setStatus("listening");
       break;
     case "input_audio_buffer.speech_started":
       stopPlayback(); // the server cancels the running answer (interrupt_response); stop what is queued too
+      // The server keeps the turn from prefix_padding_ms before the speech start; older audio is dropped.
+      turn.start = Math.max(sent.start, ((event.audio_start_ms - prefixPaddingMs) * RATE) / 1000);
+      forgetSentBefore(turn.start);
       setStatus("hearing you");
       break;
     case "input_audio_buffer.speech_stopped":
+      endUserTurn((event.audio_end_ms * RATE) / 1000);
       setStatus("thinking");
       break;
     case "input_audio_buffer.committed":
       stats.turnsCommitted += 1;
+      addUserTurn();
       log(`turn sent (${event.item_id})`);
       break;
     case "response.created":
-      ui.text.textContent = "";
+      startAnswer();
       setStatus("answering");
       log(`answer ${event.response.id} started`);
       break;
-    case "response.output_audio.delta":
+    case "response.output_audio.delta": {
+      const bytes = fromBase64(event.delta);
+      const pcm = new Int16Array(bytes.buffer, 0, bytes.length >> 1);
       stats.audioDeltas += 1;
-      playPcm16(fromBase64(event.delta));
+      playPcm16(pcm);
+      addAnswerAudio(pcm);
       break;
+    }
     case "response.output_text.delta":
       stats.textDeltas += 1;
-      ui.text.textContent += event.delta;
+      if (answer) answer.text.textContent += event.delta;
       break;
     case "response.done": {
       const { status, usage, timings } = event.response;
       stats.responsesDone += 1;
       if (status === "completed") stats.responsesCompleted += 1;
+      endAnswer(status);
       const first = timings.first_delta_s === null ? "-" : `${timings.first_delta_s.toFixed(2)} s`;
       log(`answer ${status}: ${usage.output_tokens} tokens, ${usage.output_audio_seconds.toFixed(2)} s of audio, ` +
         `first delta after ${first}, total ${timings.total_s.toFixed(2)} s`);
@@ -265,7 +411,7 @@ function realtimeUrl() {
 // With API keys on, open the page as /?api_key=KEY. Browsers cannot set headers on a websocket, so the key
 // travels as a subprotocol (not in the URL, which access logs keep); the server answers with the first one.
 function realtimeProtocols() {
-  const key = new URLSearchParams(location.search).get("api_key");
+  const key = apiKey();
   return key ? ["spiritserve.realtime.v1", "spiritserve.key." + key] : [];
 }
 
@@ -308,6 +454,8 @@ async function start() {
     source.connect(recorder);
     recorder.connect(context.destination); // it outputs silence; being connected keeps it processing
     stats.inputSampleRate = context.sampleRate;
+    sent = { chunks: [], start: 0, total: 0 }; // a new session: its input stream starts again at 0
+    Object.assign(turn, { start: null, end: null, endedAt: null });
     running = true;
     socket = openSocket();
     setStatus("connecting");
@@ -334,6 +482,7 @@ function stop(reason = "stopped") {
   if (source) source.disconnect();
   if (stream) for (const track of stream.getTracks()) track.stop();
   stopPlayback();
+  endAnswer("stopped");
   if (context) context.close();
   context = stream = source = recorder = null;
   stats.sessionId = null;
@@ -348,6 +497,7 @@ function stop(reason = "stopped") {
 
 ui.start.addEventListener("click", () => (running ? stop() : start()));
 ui.commit.addEventListener("click", () => {
+  endUserTurn(sent.total);
   send({ type: "input_audio_buffer.commit" }); // commits only; the answer starts on response.create
   send({ type: "response.create" });
 });
@@ -357,3 +507,4 @@ ui.cancel.addEventListener("click", () => {
 });
 presetFromQuery();
 setStatus("idle — press Start");
+showServed();
