@@ -33,10 +33,10 @@ async def first_token_s(pipeline, prompt_ids: list[int], request_id: str) -> flo
 
 
 async def measure(args: argparse.Namespace) -> dict:
+    from spiritserve.audio import decode_audio
     from spiritserve.few_shot import TranscriptionPrompt, build_prompts, continuation_ids, read_pool
     from spiritserve.preflight import prepare_checkpoint
     from spiritserve.server.app import load_pipeline
-    from spiritserve.server.audio_io import decode_audio
     from spiritserve.server.metrics import ServiceMetrics
     from spiritserve.settings import Settings
 

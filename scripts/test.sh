@@ -15,4 +15,5 @@ if ! command -v chromium >/dev/null; then
 fi
 export HF_HUB_OFFLINE=1  # nothing may reach a model hub, in tests as in production
 .venv/bin/ruff check spiritserve tests
+.venv/bin/python -m mypy  # strict on the modules pyproject.toml's [tool.mypy] lists
 .venv/bin/python -m pytest -q "$@"

@@ -65,7 +65,7 @@ class MicroBatcher(Generic[Item, Result]):
         """Queue one item and wait for its result (raises what processing it alone raised); a full
         queue refuses the item at once (OverloadedError) rather than letting waits grow without bound."""
         if self.max_queue is not None and self._queue.qsize() >= self.max_queue:
-            raise OverloadedError(f"the {self.stage} stage has {self.max_queue} items waiting", retry_after_s=1)
+            raise OverloadedError(f"the {self.stage} stage has {self.max_queue} items waiting")
         if self._collector is None or self._collector.done():
             self._collector = asyncio.create_task(self._collect(), name=f"{self.stage}-batcher")
         future: asyncio.Future = asyncio.get_running_loop().create_future()

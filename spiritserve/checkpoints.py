@@ -1,4 +1,4 @@
-"""The official Spirit LM checkpoint root: find it, check it, and write tiny bundles in the same layout.
+"""The official Spirit LM checkpoint root: find its files and check them, before any model loads.
 
 Layout (spiritlm-compat.md §1.3)::
 
@@ -10,30 +10,23 @@ Layout (spiritlm-compat.md §1.3)::
     $ROOT/spiritlm_model/spirit-lm-{base,expressive}-7b/{config.json, pytorch_model.bin, tokenizer.model, ...}
 
 The variant is read from each LM folder's tokenizer (pitch and style pieces mean expressive), never from
-the folder name: the reference's name check breaks when it is given a path (§1.4).
+the folder name: the reference's name check breaks when it is given a path (§1.4). This module imports no stage:
+the stages are built from the folders it names (`spiritserve.server.app.load_pipeline`), and tiny bundles in this
+layout are written by `spiritserve.tiny`.
 """
 
-import logging
+import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from spiritserve.engine.language_model import (
-    OFFICIAL_VOCAB_SIZES,
-    LanguageModelFolder,
-    open_language_model,
-    write_tiny_language_model,
-)
 from spiritserve.errors import CheckpointError
-from spiritserve.tokens import UnitKind
-
-logger = logging.getLogger(__name__)
+from spiritserve.tokens import unit_piece
+from spiritserve.weights import read_sentencepiece
 
 Variant = Literal["base", "expressive"]
 VARIANTS: tuple[Variant, ...] = ("base", "expressive")
-CHECKPOINTS_ENV = "SPIRITLM_CHECKPOINTS_DIR"
 HUBERT_DIR = Path("speech_tokenizer/hubert_25hz")
 PITCH_DIR = Path("speech_tokenizer/vqvae_f0_quantizer")
 STYLE_DIR = Path("speech_tokenizer/style_encoder_w2v2")
@@ -45,15 +38,85 @@ BASE_VOCODER_DIR = VOCODER_DIRS["base"]
 LANGUAGE_MODELS_DIR = Path("spiritlm_model")
 MODEL_NAMES: dict[Variant, str] = {"base": "spirit-lm-base-7b", "expressive": "spirit-lm-expressive-7b"}
 BASE_MODEL_NAME = MODEL_NAMES["base"]
-# Written by make_tiny_bundle in the root; official roots lack it. Servers report it (GET /v1/server) so that
+# Written by spiritserve.tiny in the root; official roots lack it. Servers report it (GET /v1/server) so that
 # clients can say that the speech of such a bundle is noise.
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"
-UNIT_COUNTS: dict[Variant, dict[UnitKind, int]] = {
-    "base": {"Hu": 501},
-    "expressive": {"Hu": 501, "Pi": 64, "St": 100},
-}
-# Apache-2.0 Llama-layout 32000-piece SentencePiece model shipped by mistral-common (a vLLM dependency).
-_LLAMA_LAYOUT_TOKENIZER = "mistral_common/data/tokenizer.model.v1"
+TOKENIZER_FILE = "tokenizer.model"
+LANGUAGE_MODEL_WEIGHT_FILES = (
+    "pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "model.safetensors.index.json",
+)
+
+
+@dataclass(frozen=True)
+class LanguageModelFolder:
+    """A Llama folder in the official layout, checked before an engine starts: a wrong folder fails in a second
+    with a clear message instead of deep inside an engine process (vLLM loads the weights itself)."""
+
+    path: Path
+    vocab_size: int
+    max_position_embeddings: int
+    head_size: int  # what vLLM's attention kernels are compiled for (Llama-2-7B: 4096 / 32 = 128)
+    variant: Variant
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+
+def open_language_model(path: Path) -> LanguageModelFolder:
+    """Check a Llama folder in the official layout and read what the server needs from it."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"language model config not found: {config_path}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON: {exc}") from exc
+    if config.get("model_type") != "llama":
+        raise CheckpointError(f"{config_path}: model_type must be 'llama', found {config.get('model_type')!r}")
+    if not any((path / name).is_file() for name in LANGUAGE_MODEL_WEIGHT_FILES):
+        raise CheckpointError(f"{path}: no weights; expected one of {list(LANGUAGE_MODEL_WEIGHT_FILES)}")
+    pieces = read_sentencepiece(path / TOKENIZER_FILE)
+    vocab_size = _positive_int(config, "vocab_size", config_path)
+    if vocab_size < pieces.GetPieceSize():
+        raise CheckpointError(
+            f"{config_path}: vocab_size {vocab_size} is smaller than the tokenizer's {pieces.GetPieceSize()} pieces"
+        )
+    expressive = all(pieces.PieceToId(unit_piece(kind, 0)) != pieces.unk_id() for kind in ("Pi", "St"))
+    return LanguageModelFolder(
+        path=path,
+        vocab_size=vocab_size,
+        max_position_embeddings=_positive_int(config, "max_position_embeddings", config_path, default=4096),
+        head_size=_head_size(config, config_path),
+        variant="expressive" if expressive else "base",
+    )
+
+
+def _positive_int(config: dict, key: str, config_path: Path, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if type(value) is not int or value < 1:
+        raise CheckpointError(f"{config_path}: {key} must be a positive integer, found {value!r}")
+    return value
+
+
+def _head_size(config: dict, config_path: Path) -> int:
+    """``head_dim`` where the config sets it, else hidden_size / num_attention_heads (transformers' rule)."""
+    if config.get("head_dim") is not None:
+        return _positive_int(config, "head_dim", config_path)
+    hidden_size = _positive_int(config, "hidden_size", config_path)
+    heads = _positive_int(config, "num_attention_heads", config_path)
+    if hidden_size % heads:
+        raise CheckpointError(
+            f"{config_path}: hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}"
+        )
+    return hidden_size // heads
 
 
 @dataclass(frozen=True)
@@ -73,7 +136,7 @@ class SpiritCheckpoint:
 
     @property
     def random_weights(self) -> bool:
-        """A tiny bundle of random weights (make_tiny_bundle's marker), not a trained model."""
+        """A tiny bundle of random weights (spiritserve.tiny's marker), not a trained model."""
         return (self.root / RANDOM_WEIGHTS_MARKER).is_file()
 
 
@@ -83,12 +146,11 @@ def embedded_default_root() -> Path:
     return cache / "spiritserve" / "tiny-base"
 
 
-def resolve_root(cli_root: Path | None) -> tuple[Path, bool]:
-    """The root to serve and whether it is the embedded default: CLI flag, then the reference's env var."""
-    if cli_root is not None:
-        return cli_root, False
-    if os.environ.get(CHECKPOINTS_ENV):
-        return Path(os.environ[CHECKPOINTS_ENV]), False
+def resolve_root(root: Path | None) -> tuple[Path, bool]:
+    """The root to serve and whether it is the embedded default: `root` (the `checkpoints` setting: the CLI flag,
+    SPIRITSERVE_CHECKPOINTS or the reference's SPIRITLM_CHECKPOINTS_DIR) when set, else the embedded default."""
+    if root is not None:
+        return root, False
     return embedded_default_root(), True
 
 
@@ -126,51 +188,3 @@ def open_checkpoint(root: Path, variant: Variant | None = None) -> SpiritCheckpo
         if folder is not None and not folder.is_dir():
             raise CheckpointError(f"speech tokenizer folder not found: {folder}")
     return checkpoint
-
-
-def _llama_layout_tokenizer() -> Path:
-    import mistral_common
-
-    path = Path(mistral_common.__file__).parent.parent / _LLAMA_LAYOUT_TOKENIZER
-    if not path.is_file():
-        raise CheckpointError(f"mistral-common's Llama-layout tokenizer is missing: {path}")
-    return path
-
-
-def make_tiny_bundle(root: Path, variant: Variant = "base", seed: int = 0) -> None:
-    """Write a complete bundle of one variant with tiny random weights, file for file in the official layout."""
-    # Imported here: the stage modules pull in transformers, and opening a root must stay fast (start-up checks).
-    from spiritserve.tokenizers.phonetic import write_tiny_phonetic_tokenizer
-    from spiritserve.tokenizers.pitch import write_tiny_pitch_tokenizer
-    from spiritserve.tokenizers.style import write_tiny_style_tokenizer
-    from spiritserve.vocoder.base import write_tiny_base_vocoder, write_tiny_expressive_vocoder
-
-    write_tiny_phonetic_tokenizer(root / HUBERT_DIR, seed=seed)
-    if variant == "expressive":
-        write_tiny_pitch_tokenizer(root / PITCH_DIR, seed=seed)
-        write_tiny_style_tokenizer(root / STYLE_DIR, seed=seed)
-        write_tiny_expressive_vocoder(root / VOCODER_DIRS["expressive"], seed=seed)
-    else:
-        write_tiny_base_vocoder(root / VOCODER_DIRS["base"], seed=seed)
-    write_tiny_language_model(
-        root / LANGUAGE_MODELS_DIR / MODEL_NAMES[variant],
-        base_tokenizer=_llama_layout_tokenizer(),
-        unit_counts=UNIT_COUNTS[variant],
-        vocab_size=OFFICIAL_VOCAB_SIZES[variant],
-        seed=seed,
-    )
-    (root / RANDOM_WEIGHTS_MARKER).write_text("tiny random weights written by spiritserve: the speech is noise\n")
-    logger.info("wrote a tiny %s bundle to %s", variant, root)
-
-
-def ensure_embedded_default(root: Path) -> None:
-    """Create the embedded tiny bundle on first start; leave an existing one untouched but for the random-weights
-    marker, which bundles written before it existed lack (the embedded bundle is random by construction)."""
-    if root.exists():
-        (root / RANDOM_WEIGHTS_MARKER).touch()
-        return
-    # Written beside and renamed into place, so an interrupted first start never leaves half a bundle.
-    partial = root.with_name(root.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    make_tiny_bundle(partial)
-    partial.rename(root)

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from spiritserve import batch_check, bench, chat, precision, soak
+from spiritserve.tools import batch_check, bench, chat, precision, soak
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -63,7 +63,7 @@ def _configure_logging(log_format: str) -> None:
 
 
 def _make_tiny(args: argparse.Namespace) -> None:
-    from spiritserve.checkpoints import make_tiny_bundle
+    from spiritserve.tiny import make_tiny_bundle
 
     make_tiny_bundle(args.out, variant=args.variant, seed=args.seed)
     print(f"wrote a tiny {args.variant} bundle to {args.out}")

@@ -49,16 +49,15 @@ class EngineUnavailableError(SpiritServeError):
     status_code = 503
 
 
-class GenerationTimeoutError(SpiritServeError):
-    """A generation exceeded its wall-clock budget."""
-
-    status_code = 504
-
-
 class UnauthorizedError(SpiritServeError):
     """No API key, or a wrong one, where the server requires keys."""
 
     status_code = 401
+
+
+# Retry-After of a busy server's 503: an in-flight slot or a queue place frees within about a second.
+RETRY_AFTER_BUSY_S = 1
+RETRY_AFTER_DRAINING_S = 5  # a replacement replica takes a moment to be ready
 
 
 class OverloadedError(SpiritServeError):
@@ -66,7 +65,7 @@ class OverloadedError(SpiritServeError):
 
     status_code = 503
 
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_BUSY_S) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritserve.audio import decode_audio
 from spiritserve.engine.engine import TokenRequest
 from spiritserve.engine.modality import speech_token_budget
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.errors import SpiritServeError
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline, StopScan
-from spiritserve.server.audio_io import decode_audio
 from spiritserve.settings import Settings
 from spiritserve.tokenizers.speech import SpeechUnits
-from spiritserve.tokenizers.text import SpiritTextTokenizer
 from spiritserve.tokens import SPEECH_MARKER, TEXT_MARKER, Modality, OutputModality
 
 logger = logging.getLogger(__name__)
@@ -118,9 +118,10 @@ def _with_markers_as_stops(tokenizer: SpiritTextTokenizer, request: TokenRequest
     """The examples are separated by modality markers: a marker in the answer starts a next example, so it may be
     sampled and ends the answer at once."""
     markers = list(tokenizer.marker_ids.values())
+    allowed = request.allowed_token_ids
     return replace(
         request,
-        allowed_token_ids=[*request.allowed_token_ids, *markers],
+        allowed_token_ids=None if allowed is None else [*allowed, *markers],
         stop_token_ids=[*request.stop_token_ids, *markers],
     )
 
@@ -222,7 +223,7 @@ class StopUnitsEnd:
         stop = _marker_or_eos(self.tokenizer, generated, self.scanned)
         for index in range(self.scanned, len(generated) if stop is None else stop):
             piece = self.tokenizer.classify(generated[index])
-            if piece.unit_kind != "Hu" or piece.unit == self.last_unit:
+            if piece.unit_kind != "Hu" or piece.unit is None or piece.unit == self.last_unit:
                 continue
             self.last_unit = piece.unit
             self.unit_positions.append(index)

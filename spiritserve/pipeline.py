@@ -17,10 +17,12 @@ from typing import Protocol
 
 import numpy as np
 
+from spiritserve.audio import SAMPLE_RATE
 from spiritserve.batching import BatchStats, MicroBatcher
 from spiritserve.checkpoints import SpiritCheckpoint
-from spiritserve.engine.engine import LanguageModelEngine, TokenRequest
+from spiritserve.engine.engine import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, LanguageModelEngine, TokenRequest
 from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
+from spiritserve.engine.tokenizer import SpiritTextTokenizer, TokenPiece
 from spiritserve.errors import BadAudioError, BadRequestError
 from spiritserve.tokenizers.speech import SpeechTokenizer, SpeechUnits
 from spiritserve.tokens import (
@@ -29,14 +31,14 @@ from spiritserve.tokens import (
     Modality,
     OutputModality,
     PromptSegment,
+    Unit,
     UnitAligner,
     UnitKind,
     align_units,
     build_prompt,
+    parse_units,
 )
-from spiritserve.vocoder.base import UnitVocoder, VocoderOutput
-from spiritserve.vocoder.batched import VocodeRequest, decode_batch
-from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
+from spiritserve.vocoder.base import StreamingDecoder, UnitVocoder, VocodeRequest, VocoderOutput
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +54,10 @@ class GenerationInput:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Reference sampling defaults (temperature 0.8, top-p 0.95); temperature 0 means greedy."""
+    """The reference's sampling defaults; temperature 0 means greedy."""
 
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
     top_k: int = 0
     seed: int | None = None
     max_new_tokens: int | None = None  # unset: from max_speech_seconds for speech, the text default otherwise
@@ -141,6 +143,40 @@ class StopRule(Protocol):
         ...
 
 
+class _Answer:
+    """One answer as the engine generates it: its ids, each classified once on arrival (marker, unit or text),
+    how many are released (no stop can cut them any more; speech: fed to the duration clock), why it ended,
+    and whether its speech filled the budget (then it ends where the clock's durations do)."""
+
+    def __init__(self, tokenizer: SpiritTextTokenizer) -> None:
+        self._classify = tokenizer.classify
+        self.ids: list[int] = []
+        self.pieces: list[TokenPiece] = []
+        self.released = 0
+        self.finish_reason = "length"
+        self.full = False
+
+    def extend(self, token_ids: list[int]) -> None:
+        self.ids += token_ids
+        self.pieces += map(self._classify, token_ids)
+
+    def cut(self, length: int) -> None:
+        del self.ids[length:], self.pieces[length:]
+
+    def units(self, start: int = 0, stop: int | None = None) -> list[Unit]:
+        """The unit tokens among ids[start:stop], as ints."""
+        return [Unit(piece.unit_kind, piece.unit) for piece in self.pieces[start:stop] if piece.unit_kind]
+
+    def through_hubert(self, count: int) -> int:
+        """How many leading ids hold the first ``count`` HuBERT units (what a speech budget keeps)."""
+        seen = 0
+        for index, piece in enumerate(self.pieces):
+            seen += piece.unit_kind == "Hu"
+            if seen == count:
+                return index + 1
+        return len(self.pieces) if count else 0
+
+
 class SpiritPipeline:
     def __init__(
         self,
@@ -152,7 +188,7 @@ class SpiritPipeline:
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
-        self.tokenizer = checkpoint.language_model.tokenizer
+        self.tokenizer = SpiritTextTokenizer(checkpoint.language_model.tokenizer_path)
         self.speech_tokenizer = speech_tokenizer
         self.vocoder = vocoder
         self.engine = engine
@@ -172,11 +208,11 @@ class SpiritPipeline:
             max_queue=limits.max_queue_per_stage,
         )
         self._tokenize_batcher = MicroBatcher("speech_tokenizer", speech_tokenizer.encode, **batching)
-        self._vocode_batcher = MicroBatcher("vocoder", partial(decode_batch, vocoder), **batching)
+        self._vocode_batcher = MicroBatcher("vocoder", vocoder.decode_batch, **batching)
         # Streamed responses: the chunks due at the same moment in concurrent streams share generator forwards.
         # No queue cap: these streams were admitted already, and refusing a chunk would cut a response short.
         self._stream_vocode_batcher = MicroBatcher(
-            "streaming_vocoder", vocode_streams, **{**batching, "max_queue": None}
+            "streaming_vocoder", vocoder.emit_streams, **{**batching, "max_queue": None}
         )
         self._batchers = (self._tokenize_batcher, self._vocode_batcher, self._stream_vocode_batcher)
 
@@ -208,7 +244,7 @@ class SpiritPipeline:
         ``durations``: frames per unit already fixed (a speech budget's cut), instead of predicting them."""
         request = VocodeRequest(
             units=units.hubert,
-            speaker=self.vocoder.default_speaker if speaker is None else speaker,
+            speaker=speaker,
             style=style,
             predict_durations=predict_durations,
             pitch=units.pitch or None,
@@ -221,10 +257,11 @@ class SpiritPipeline:
             raise BadRequestError(str(exc)) from exc
 
     def align(self, tokens: str, style_seed: int | None) -> AlignedUnits:
-        """Generated (or given) speech tokens → vocoder streams, filling what the model left out."""
-        if not self.is_expressive and ("[Pi" in tokens or "[St" in tokens):
+        """A client's speech token string → vocoder streams, filling what it left out."""
+        units = parse_units(tokens)
+        if not self.is_expressive and any(unit.kind != "Hu" for unit in units):
             raise BadRequestError("this is the base variant: pitch [Pi] and style [St] tokens are not accepted")
-        return align_units(tokens, self.is_expressive, style_seed)
+        return align_units(units, self.is_expressive, style_seed)
 
     async def _prompt_segment(self, item: GenerationInput) -> PromptSegment:
         if item.modality == Modality.TEXT or item.audio is None:
@@ -250,8 +287,8 @@ class SpiritPipeline:
             )
         return min(budget, room)
 
-    def _split_output(self, token_ids: list[int], output: OutputModality) -> list[OutputSegment]:
-        """Generated ids → alternating text and speech segments; markers switch, units stay token strings."""
+    def _split_output(self, pieces: list[TokenPiece], output: OutputModality) -> list[OutputSegment]:
+        """Generated ids → alternating text and speech segments; markers switch, units become token strings."""
         current = Modality.SPEECH if output == OutputModality.SPEECH else Modality.TEXT
         segments: list[OutputSegment] = []
         run: list[int] = []  # ids of the current run
@@ -260,7 +297,7 @@ class SpiritPipeline:
             if run and current == Modality.TEXT:
                 segments.append(OutputSegment(Modality.TEXT, text=self.tokenizer.decode_text(run)))
             elif run:
-                segments.append(OutputSegment(Modality.SPEECH, tokens="".join(self.tokenizer.pieces(run))))
+                segments.append(OutputSegment(Modality.SPEECH, tokens=self._token_string(run)))
             run.clear()
 
         def switch(modality: Modality) -> None:
@@ -269,18 +306,21 @@ class SpiritPipeline:
                 close()
                 current = modality
 
-        for token_id in token_ids:
-            piece = self.tokenizer.classify(token_id)
+        for piece in pieces:
             if piece.marker is not None:
                 switch(Modality.TEXT if piece.marker == TEXT_MARKER else Modality.SPEECH)
             elif piece.unit_kind is not None:
                 switch(Modality.SPEECH)
-                run.append(token_id)
-            elif token_id != self.tokenizer.eos_id:
+                run.append(piece.token_id)
+            elif piece.token_id != self.tokenizer.eos_id:
                 switch(Modality.TEXT)
-                run.append(token_id)
+                run.append(piece.token_id)
         close()
         return segments
+
+    def _token_string(self, token_ids: list[int]) -> str:
+        """Generated ids as the API writes them (`[Hu12][Pi3]…`): made only for responses."""
+        return "".join(self.tokenizer.pieces(token_ids))
 
     async def prepare(
         self, inputs: list[GenerationInput], output: OutputModality, options: SamplingOptions
@@ -331,36 +371,17 @@ class SpiritPipeline:
         request_id = request_id or uuid.uuid4().hex
         # Speech stops once the predicted durations of what was generated fill the budget (the token budget
         # only bounds it from above: deduplicated units last 40 ms or more each).
-        clock = None if output == OutputModality.TEXT else self._streaming_decoder(options)
-        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
-        max_frames = self._speech_frame_budget(options)
-        generated: list[int] = []
-        finish_reason = "length"
-        full = False
-        fed = 0  # generated ids already given to the clock
-        stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
-        async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
-            async for delta in deltas:
-                generated.extend(delta.token_ids)
-                finish_reason = delta.finish_reason or finish_reason
-                scan = stop.scan(generated) if stop is not None else StopScan(len(generated), False)
-                if clock is not None:
-                    full = await self._fill(clock, self._push_units(aligner, generated[fed : scan.final]), max_frames)
-                    fed = scan.final
-                    if full:
-                        finish_reason = "length"
-                        break
-                if scan.ended:
-                    generated, finish_reason = generated[: scan.final], "stop"
-                    break
+        clock = None if output == OutputModality.TEXT else self._open_stream(options)
+        answer = _Answer(self.tokenizer)
+        async with aclosing(self._generate(request, request_id, options, answer, stop, clock)) as steps:
+            async for _ in steps:
+                pass
         durations = None  # predicted by the vocoder, unless the budget cut the units
-        if clock is not None and not full and fed < len(generated):  # ids a stop rule held back until the end
-            full = await self._fill(clock, self._push_units(aligner, generated[fed:]), max_frames)
-        if clock is not None and (full or await self._fill(clock, aligner.finish(), max_frames, final=True)):
+        if clock is not None and answer.full:
             durations = clock.durations
-            generated = self._first_units(generated, len(durations))
-        output_segments = self._split_output(generated, output)
-        speech = self.align("".join(segment.tokens for segment in output_segments), options.seed)
+            answer.cut(answer.through_hubert(len(durations)))
+        output_segments = self._split_output(answer.pieces, output)
+        speech = align_units(answer.units(), self.is_expressive, options.seed)
         audio = None
         if output != OutputModality.TEXT:
             audio = await self.synthesize(speech, options.speaker, options.style, durations=durations)
@@ -368,10 +389,11 @@ class SpiritPipeline:
             "request %s: %d prompt tokens, %d generated, finish=%s",
             request_id,
             len(request.prompt_ids),
-            len(generated),
-            finish_reason,
+            len(answer.ids),
+            answer.finish_reason,
         )
-        return GenerationResult(output_segments, speech, audio, len(request.prompt_ids), len(generated), finish_reason)
+        prompt_tokens = len(request.prompt_ids)
+        return GenerationResult(output_segments, speech, audio, prompt_tokens, len(answer.ids), answer.finish_reason)
 
     def open_speech_stream(
         self,
@@ -387,14 +409,12 @@ class SpiritPipeline:
         streams go through one micro-batcher. Abandoning the iterator (client gone) aborts the engine request.
         With a `stop` rule, ids it may still cut are held back, so a stop is never heard.
         """
-        decoder = self._streaming_decoder(options)
-        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
-        return self._stream_speech(request, decoder, aligner, options, request_id or uuid.uuid4().hex, stop)
+        clock = self._open_stream(options)
+        return self._stream_speech(request, clock, options, request_id or uuid.uuid4().hex, stop)
 
-    def _streaming_decoder(self, options: SamplingOptions) -> StreamingDecoder:
-        speaker = self.vocoder.default_speaker if options.speaker is None else options.speaker
+    def _open_stream(self, options: SamplingOptions) -> StreamingDecoder:
         try:  # checks speaker and style now, while the caller can still answer with a 4xx
-            return StreamingDecoder(self.vocoder, speaker, options.style)
+            return self.vocoder.open_stream(options.speaker, options.style)
         except ValueError as exc:
             raise BadRequestError(str(exc)) from exc
 
@@ -411,20 +431,6 @@ class SpiritPipeline:
         """The most vocoder frames (40 ms each) a speech answer may last."""
         return int(self._speech_seconds(options) * self.vocoder.sample_rate) // self.vocoder.hop
 
-    def _push_units(self, aligner: UnitAligner, token_ids: list[int]) -> AlignedUnits:
-        """The unit tokens among generated ids, into the aligner; the frames now final."""
-        units = [token_id for token_id in token_ids if self.tokenizer.classify(token_id).unit_kind]
-        return aligner.push("".join(self.tokenizer.pieces(units)))
-
-    def _first_units(self, token_ids: list[int], count: int) -> list[int]:
-        """The generated ids up to and including the ``count``-th HuBERT unit (what a speech budget keeps)."""
-        seen = 0
-        for index, token_id in enumerate(token_ids):
-            seen += self.tokenizer.classify(token_id).unit_kind == "Hu"
-            if seen == count:
-                return token_ids[: index + 1]
-        return token_ids if count else []
-
     async def _fill(
         self, decoder: StreamingDecoder, frames: AlignedUnits, max_frames: int, final: bool = False
     ) -> bool:
@@ -437,49 +443,70 @@ class SpiritPipeline:
         decoder.end_within(max_frames)
         return True
 
+    async def _generate(
+        self,
+        request: TokenRequest,
+        request_id: str,
+        options: SamplingOptions,
+        answer: _Answer,
+        stop: StopRule | None,
+        clock: StreamingDecoder | None,
+    ) -> AsyncIterator[None]:
+        """Generate ``answer``, yielding after each engine step that did not end it; offline and streamed answers
+        both come from here. ``stop`` may end it early, cut before the stop. Speech (a ``clock``): the released
+        units go through the aligner into the stream, and the answer ends once their durations fill the budget."""
+        aligner = UnitAligner(self.is_expressive, options.seed, max_held=STREAMING_MAX_HELD_UNITS)
+        max_frames = self._speech_frame_budget(options)
+
+        async def release(final: int) -> None:
+            if clock is not None:
+                frames = aligner.push(answer.units(answer.released, final))
+                answer.full = await self._fill(clock, frames, max_frames)
+            answer.released = final
+
+        stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
+        async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
+            async for delta in deltas:
+                answer.extend(delta.token_ids)
+                answer.finish_reason = delta.finish_reason or answer.finish_reason
+                scan = stop.scan(answer.ids) if stop is not None else StopScan(len(answer.ids), False)
+                await release(scan.final)
+                if answer.full:
+                    answer.finish_reason = "length"
+                    break
+                if scan.ended:
+                    answer.cut(scan.final)
+                    answer.finish_reason = "stop"
+                    break
+                yield
+        if clock is not None and not answer.full and answer.released < len(answer.ids):
+            await release(len(answer.ids))  # what a stop rule held back until the end
+        if clock is not None and not answer.full:
+            answer.full = await self._fill(clock, aligner.finish(), max_frames, final=True)
+
     async def _stream_speech(
         self,
         request: TokenRequest,
-        decoder: StreamingDecoder,
-        aligner: UnitAligner,
+        clock: StreamingDecoder,
         options: SamplingOptions,
         request_id: str,
         stop: StopRule | None,
     ) -> AsyncIterator["SpeechDelta"]:
         async def emit() -> np.ndarray:
-            if not decoder.ready:
+            if not clock.ready:
                 return np.zeros(0, dtype=np.float32)
-            return await self._stream_vocode_batcher.submit(decoder)
+            return await self._stream_vocode_batcher.submit(clock)
 
-        max_frames = self._speech_frame_budget(options)
-        generated: list[int] = []
-        full = False
-        released = 0  # generated ids already streamed
-        tokens = ""
-        stream = self.engine.stream(request, request_id, self.limits.generation_timeout_s)
-        async with aclosing(stream) as deltas:  # leaving early aborts the engine request at once
-            async for delta in deltas:
-                generated.extend(delta.token_ids)
-                scan = stop.scan(generated) if stop is not None else StopScan(len(generated), False)
-                tokens = "".join(self.tokenizer.pieces(generated[released : scan.final]))
-                released = scan.final
-                full = await self._fill(decoder, aligner.push(tokens), max_frames)  # as generate() stops
-                if full:
-                    break
-                if scan.ended:
-                    generated = generated[: scan.final]
-                    break
-                yield SpeechDelta(tokens, await emit(), released)
-                tokens = ""
-        held = "".join(self.tokenizer.pieces(generated[released:]))  # what a stop rule held back until the end
-        if not full and held:
-            tokens += held
-            full = await self._fill(decoder, aligner.push(held), max_frames)
-        if not full:
-            full = await self._fill(decoder, aligner.finish(), max_frames, final=True)
-        spoken = self._first_units(generated, len(decoder.durations)) if full else generated
-        yield SpeechDelta(tokens, await emit(), len(spoken), spoken="".join(self.tokenizer.pieces(spoken)))
-        logger.info("request %s: streamed %d units", request_id, len(decoder.durations))
+        answer = _Answer(self.tokenizer)
+        sent = 0  # released ids already in a delta's tokens
+        async with aclosing(self._generate(request, request_id, options, answer, stop, clock)) as steps:
+            async for _ in steps:
+                tokens, sent = self._token_string(answer.ids[sent : answer.released]), answer.released
+                yield SpeechDelta(tokens, await emit(), answer.released)
+        spoken = answer.ids[: answer.through_hubert(len(clock.durations))] if answer.full else answer.ids
+        tokens = self._token_string(answer.ids[sent : answer.released])
+        yield SpeechDelta(tokens, await emit(), len(spoken), spoken=self._token_string(spoken))
+        logger.info("request %s: streamed %d units", request_id, len(clock.durations))
 
     async def stream_text(self, request: TokenRequest, request_id: str | None = None) -> AsyncIterator[TextDelta]:
         """Text output as it is generated, ending with a step that carries the finish reason. SentencePiece
@@ -500,7 +527,7 @@ class SpiritPipeline:
 
     async def warm_up(self) -> None:
         """Run one tiny request through every stage before reporting ready (first calls are the slowest)."""
-        silence = np.zeros(16_000, dtype=np.float32)
+        silence = np.zeros(SAMPLE_RATE, dtype=np.float32)  # one second
         await self.generate(
             [GenerationInput(Modality.SPEECH, audio=silence)],
             OutputModality.SPEECH,
@@ -512,3 +539,16 @@ class SpiritPipeline:
         for batcher in self._batchers:
             await batcher.close()
         self._speech_worker.shutdown(wait=True, cancel_futures=True)
+
+    def fit_prompt(
+        self, lead: list[PromptSegment], groups: list[list[PromptSegment]], output: OutputModality, budget: int
+    ) -> int:
+        """How many leading `groups` (a conversation's oldest items) to leave out so that `lead` and the rest fit
+        in `budget` prompt tokens; the last group is always kept, fitting or not."""
+        dropped = 0
+        while dropped < len(groups) - 1:
+            segments = [segment for group in groups[dropped:] for segment in group]
+            if len(self.tokenizer.encode_prompt(build_prompt(lead + segments, output))) <= budget:
+                break
+            dropped += 1
+        return dropped

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from spiritserve.checkpoints import SpiritCheckpoint, ensure_embedded_default, open_checkpoint, resolve_root
+from spiritserve.checkpoints import SpiritCheckpoint, open_checkpoint, resolve_root
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.errors import CheckpointError
 from spiritserve.settings import Settings
 from spiritserve.tokenizers.phonetic import QUANTIZER_FILE, read_quantizer
@@ -24,7 +25,7 @@ from spiritserve.vocoder.hifigan import HifiGanConfig
 from spiritserve.weights import config_key_policy
 
 # Head sizes vLLM 0.32's CPU attention backend has kernels for (CPUAttentionBackend.get_supported_head_sizes;
-# tests/test_preflight.py checks this copy against vLLM, whose import alone takes ~10 s).
+# tests/test_preflight.py checks this copy against vLLM, whose import alone takes seconds: docs/measurements.md).
 CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # On CUDA vLLM falls back to its Triton backend, which takes any head size from 32 up.
 CUDA_MIN_HEAD_SIZE = 32
@@ -98,7 +99,7 @@ def unit_tables(checkpoint: SpiritCheckpoint) -> tuple[dict[UnitKind, UnitTable]
 def check_unit_tables(checkpoint: SpiritCheckpoint) -> None:
     """Every unit the speech tokenizer can emit needs a tokenizer piece and a vocoder row; the vocoder must
     read exactly the streams the variant's tokenizer writes."""
-    tokenizer = checkpoint.language_model.tokenizer
+    tokenizer = SpiritTextTokenizer(checkpoint.language_model.tokenizer_path)  # its own checks: markers, Hu pieces
     emitted, vocoded = unit_tables(checkpoint)
     for kind, table in emitted.items():
         pieces = len(tokenizer.unit_ids[kind])
@@ -136,6 +137,8 @@ def prepare_checkpoint(settings: Settings) -> SpiritCheckpoint:
     """Resolve the root (writing the embedded default on first start), open it and run every check."""
     root, is_embedded_default = resolve_root(settings.checkpoints)
     if is_embedded_default:
+        from spiritserve.tiny import ensure_embedded_default  # only here: it imports every stage (transformers)
+
         ensure_embedded_default(root)
     checkpoint = open_checkpoint(root, settings.variant)
     with config_key_policy(strict=settings.strict_config):

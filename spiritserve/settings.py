@@ -1,22 +1,39 @@
 """Service configuration: one pydantic-settings object, env prefix `SPIRITSERVE_`, built once in `main()`.
 
 Helm values and the Dockerfile map onto the same environment names. The checkpoint root also honours the
-reference's `SPIRITLM_CHECKPOINTS_DIR` (see `spiritserve.checkpoints.resolve_root`).
+reference's `SPIRITLM_CHECKPOINTS_DIR` (`SPIRITSERVE_CHECKPOINTS` wins when both are set). List-valued settings
+are comma-separated in the environment. Each part of the server gets its settings from one method here:
+`engine_settings`, `pipeline_limits`, `admission`, `max_body_bytes`.
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from spiritserve.engine.engine import EngineSettings
+from spiritserve.server.admission import Admission
+
+if TYPE_CHECKING:  # the pipeline imports torch and every stage; only `pipeline_limits` needs it, when called
+    from spiritserve.pipeline import PipelineLimits
+
+# A comma-separated string in the environment (not JSON, pydantic-settings' default for lists).
+CommaSeparated = Annotated[list[str], NoDecode]
+# vLLM's CPU backend reserves `engine_memory_fraction` of *host* memory: on CPU, unless `engine_kv_cache_bytes` is
+# set, the KV cache is this size and the fraction at most CPU_MAX_MEMORY_FRACTION.
+CPU_KV_CACHE_BYTES = 512 * 2**20
+CPU_MAX_MEMORY_FRACTION = 0.3
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPIRITSERVE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="SPIRITSERVE_", frozen=True, validate_by_name=True)
 
-    checkpoints: Path | None = Field(None, description="checkpoint root; unset: SPIRITLM_CHECKPOINTS_DIR, else tiny")
+    checkpoints: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("SPIRITSERVE_CHECKPOINTS", "SPIRITLM_CHECKPOINTS_DIR"),
+        description="checkpoint root (also read from the reference's SPIRITLM_CHECKPOINTS_DIR); unset: tiny",
+    )
     variant: Literal["base", "expressive"] | None = Field(
         None, description="variant to serve; unset: the only one under the root, else base"
     )
@@ -30,9 +47,11 @@ class Settings(BaseSettings):
         "float32", description="speech encoders' precision; reduce only where check-precision shows >= 99.5%"
     )
 
-    max_upload_bytes: int = Field(64 * 2**20, gt=0, description="largest accepted audio upload")
+    max_upload_bytes: int = Field(
+        64 * 2**20, gt=0, description="largest accepted audio upload (the body limit follows: max_body_bytes)"
+    )
     max_audio_seconds: float = Field(300.0, gt=0, description="longest accepted input audio, after decoding")
-    max_decoded_bytes: int = Field(  # 300 s of 48 kHz stereo; = audio_io.DEFAULT_MAX_DECODED_BYTES
+    max_decoded_bytes: int = Field(  # 300 s of 48 kHz stereo; = audio.DEFAULT_MAX_DECODED_BYTES
         300 * 48_000 * 2 * 4, gt=0, description="largest input audio as decoded float32: rate × channels × s × 4"
     )
     max_text_chars: int = Field(20_000, gt=0, description="longest accepted text input")
@@ -58,12 +77,14 @@ class Settings(BaseSettings):
     realtime_max_message_bytes: int = Field(2**20, gt=0, description="larger websocket messages get an error event")
     realtime_context_tokens: int = Field(2048, gt=0, description="conversation kept in the prompt, oldest dropped")
 
-    api_keys: str | None = Field(None, description="comma-separated API keys; unset (and no file): no auth")
-    api_keys_file: Path | None = Field(None, description="file with one API key per line (e.g. a mounted Secret)")
-    public_paths: str = Field(
-        "/healthz,/readyz,/,/static/*", description="paths that need no key (a trailing * means a prefix)"
+    api_keys: CommaSeparated = Field(
+        default_factory=list, description="comma-separated API keys; none (and no file): no auth"
     )
-    allowed_origins: str | None = Field(
+    api_keys_file: Path | None = Field(None, description="file with one API key per line (e.g. a mounted Secret)")
+    public_paths: CommaSeparated = Field(
+        ["/healthz", "/readyz", "/", "/static/*"], description="paths that need no key (a trailing * means a prefix)"
+    )
+    allowed_origins: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description="browser origins (scheme://host[:port], comma-separated; * = any) that may open a websocket "
         "besides the server's own; unset: localhost, 127.0.0.1 and [::1] on any port",
@@ -80,16 +101,36 @@ class Settings(BaseSettings):
     engine_dtype: str = "bfloat16"
     engine_max_model_len: int = Field(4096, gt=0)
     engine_max_num_seqs: int = Field(64, gt=0)
-    engine_kv_cache_bytes: int | None = Field(None, gt=0, description="KV cache size; unset: from memory fraction")
+    engine_kv_cache_bytes: int | None = Field(
+        None, gt=0, description="KV cache size; unset: from memory fraction (on CPU: CPU_KV_CACHE_BYTES)"
+    )
     engine_memory_fraction: float = Field(0.9, gt=0, le=1, description="vLLM gpu_memory_utilization")
     engine_enforce_eager: bool = False
 
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("api_keys", "public_paths", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """`a, b,c` → ["a", "b", "c"]; an empty string is an empty list (for allowed_origins: own origin only)."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: the upload as base64 in JSON (4/3 of it) plus 1 MiB for the multipart framing
+        or the JSON around it. The Helm chart sets the Ingress's proxy-body-size with the same formula."""
+        return self.max_upload_bytes * 4 // 3 + 2**20
+
     def engine_settings(self, on_cpu: bool) -> EngineSettings:
-        """vLLM's CPU backend reserves `memory_fraction` of *host* memory; on CPU reserve a fixed KV cache."""
         kv_cache_bytes = self.engine_kv_cache_bytes
         memory_fraction = self.engine_memory_fraction
         if on_cpu and kv_cache_bytes is None:
-            kv_cache_bytes, memory_fraction = 512 * 2**20, min(memory_fraction, 0.3)
+            kv_cache_bytes, memory_fraction = CPU_KV_CACHE_BYTES, min(memory_fraction, CPU_MAX_MEMORY_FRACTION)
         return EngineSettings(
             dtype=self.engine_dtype,
             max_model_len=self.engine_max_model_len,
@@ -98,3 +139,20 @@ class Settings(BaseSettings):
             gpu_memory_utilization=memory_fraction,
             enforce_eager=self.engine_enforce_eager or on_cpu,
         )
+
+    def pipeline_limits(self) -> "PipelineLimits":
+        from spiritserve.pipeline import PipelineLimits
+
+        return PipelineLimits(
+            default_speech_seconds=self.default_speech_seconds,
+            max_speech_seconds=self.max_speech_seconds,
+            default_text_tokens=self.default_text_tokens,
+            generation_timeout_s=self.generation_timeout_s,
+            max_model_len=self.engine_max_model_len,
+            batch_max_size=self.batch_max_size,
+            batch_max_wait_s=self.batch_max_wait_ms / 1000,
+            max_queue_per_stage=self.max_queue_per_stage,
+        )
+
+    def admission(self) -> Admission:
+        return Admission(self.max_in_flight, self.realtime_max_sessions)

@@ -2,14 +2,16 @@
 
 Unit tokens are written `[Hu<n>]`, `[Pi<n>]`, `[St<n>]` (decimal, no padding, no separators); a speech span
 is preceded by `[Speech]`, a text span by `[Text]`. These strings, not ids, are the public currency of the
-API; ids come from the checkpoint's tokenizer.
+API; ids come from the checkpoint's tokenizer. Inside the server, units travel as `Unit` ints: generated ids
+are classified by the tokenizer, and strings are parsed only where a client sent one.
 """
 
 import enum
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 TEXT_MARKER = "[Text]"
 SPEECH_MARKER = "[Speech]"
@@ -33,8 +35,20 @@ class OutputModality(enum.StrEnum):
     ARBITRARY = "arbitrary"
 
 
+class Unit(NamedTuple):
+    """One unit token as ints: its stream and its value (`[Pi39]` is Unit("Pi", 39))."""
+
+    kind: UnitKind
+    value: int
+
+
 def unit_piece(kind: UnitKind, unit: int) -> str:
     return f"[{kind}{unit}]"
+
+
+def parse_units(text: str) -> list[Unit]:
+    """The unit tokens of a string in order; markers and anything else are ignored (§8.3)."""
+    return [Unit(kind, int(number)) for kind, number in _UNIT_TOKEN.findall(text)]
 
 
 # Token rates of the three streams (§8.2). HuBERT is 24.99, not 25, on purpose: a Hu token then sorts just
@@ -79,7 +93,7 @@ FALLBACK_PITCH = 32
 
 @dataclass(frozen=True)
 class AlignedUnits:
-    """Units parsed from a generated string, pitch and style pre-duplicated to one value per Hu unit."""
+    """Generated units as the vocoder reads them: pitch and style pre-duplicated to one value per Hu unit."""
 
     hubert: list[int]
     pitch: list[int]
@@ -87,7 +101,7 @@ class AlignedUnits:
 
 
 class UnitAligner:
-    """The reference's string → units rule (§8.3), incrementally, for streaming and offline alike.
+    """The reference's units → vocoder frames rule (§8.3), incrementally, for streaming and offline alike.
 
     Every [Hu] is a frame that takes the latest pitch and style before it; frames before the first Pi
     (or St) take the first one seen later, so they are held until it arrives. Expressive fallbacks for a
@@ -105,15 +119,15 @@ class UnitAligner:
         self._first: dict[str, int | None] = {"Pi": None, "St": None}
         self._held: list[tuple[int, int | None, int | None]] = []  # (hu, pitch, style) as known on arrival
 
-    def push(self, text: str) -> AlignedUnits:
-        """Consume more generated text; return the frames that are now final."""
-        for kind, number in _UNIT_TOKEN.findall(text):
+    def push(self, units: Iterable[Unit]) -> AlignedUnits:
+        """Consume more generated units; return the frames that are now final."""
+        for kind, value in units:
             if kind == "Hu":
-                self._held.append((int(number), self._latest["Pi"], self._latest["St"]))
+                self._held.append((value, self._latest["Pi"], self._latest["St"]))
             elif self.expressive:
-                self._latest[kind] = int(number)
+                self._latest[kind] = value
                 if self._first[kind] is None:
-                    self._first[kind] = int(number)
+                    self._first[kind] = value
         if self.max_held is not None and len(self._held) >= self.max_held:
             self._fill_missing_streams()
         return self._release()
@@ -144,10 +158,10 @@ class UnitAligner:
         )
 
 
-def align_units(text: str, expressive: bool = True, style_seed: int | None = None) -> AlignedUnits:
-    """Offline alignment of a whole generated speech string (see `UnitAligner`)."""
+def align_units(units: Iterable[Unit], expressive: bool = True, style_seed: int | None = None) -> AlignedUnits:
+    """Offline alignment of a whole answer's units (see `UnitAligner`)."""
     aligner = UnitAligner(expressive, style_seed)
-    early, late = aligner.push(text), aligner.finish()
+    early, late = aligner.push(units), aligner.finish()
     return AlignedUnits(early.hubert + late.hubert, early.pitch + late.pitch, early.style + late.style)
 
 
@@ -159,8 +173,8 @@ def is_unit_string(text: str) -> bool:
 def parse_unit_string(text: str) -> dict[UnitKind, list[int]]:
     """Units of each kind in order of appearance; markers and anything else are ignored (§8.3)."""
     units: dict[UnitKind, list[int]] = {kind: [] for kind in UNIT_KINDS}
-    for kind, number in _UNIT_TOKEN.findall(text):
-        units[kind].append(int(number))
+    for kind, value in parse_units(text):
+        units[kind].append(value)
     return units
 
 

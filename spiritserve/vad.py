@@ -17,6 +17,7 @@ from spiritserve.resample import StreamResampler
 
 logger = logging.getLogger(__name__)
 MIN_SPEECH_MS = 200  # speech needed before a pause can end the turn
+ENERGY_FRAME_MS = 20  # the energy gate's frame
 Change = Literal["speech_started", "speech_stopped"]
 
 
@@ -49,13 +50,13 @@ class _Turn:
 
 
 class EnergyVad:
-    """The fallback: a 20 ms frame is speech when its RMS exceeds 0.04 × `threshold` (0.5 → 0.02, about
-    −34 dBFS). Any sound that loud counts, noise included."""
+    """The fallback: a frame (ENERGY_FRAME_MS) is speech when its RMS exceeds 0.04 × `threshold` (0.5 → 0.02,
+    about −34 dBFS). Any sound that loud counts, noise included."""
 
     def __init__(self, threshold: float, silence_duration_ms: int, sample_rate: int) -> None:
         self.rms_threshold = 0.04 * threshold
-        self.frame = sample_rate // 50
-        self._turn = _Turn(silence_duration_ms, frame_ms=20)
+        self.frame = sample_rate * ENERGY_FRAME_MS // 1000
+        self._turn = _Turn(silence_duration_ms, frame_ms=ENERGY_FRAME_MS)
         self._pending = np.zeros(0, dtype=np.float32)
         self._position = 0  # samples consumed into frames
 
@@ -155,6 +156,6 @@ def _load_silero() -> SileroModel:
     finally:
         torch.set_num_threads(threads)
     model = SileroModel(load_silero_vad())
-    for rate in SileroModel.WINDOW:  # TorchScript optimizes on the first calls (~150 ms): not in a session's turn
+    for rate in SileroModel.WINDOW:  # TorchScript optimizes on the first calls (docs/measurements.md): not in a turn
         SileroVad(model, 0.5, 500, rate).push(np.zeros(rate // 4, dtype=np.float32))
     return model

@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+import sentencepiece
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -30,6 +31,18 @@ def read_checkpoint(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def read_sentencepiece(path: Path) -> sentencepiece.SentencePieceProcessor:
+    """Load a SentencePiece ``tokenizer.model``; shared by the checkpoint checks and the LM's tokenizer."""
+    if not path.is_file():
+        raise CheckpointError(f"tokenizer model not found: {path}")
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.Load(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read SentencePiece model {path}: {exc}") from exc
+    return processor
 
 
 def require_keys(mapping: Any, keys: list[str], source: Path) -> None:
@@ -112,8 +125,8 @@ def legacy_weight_norm(module: nn.Module, dim: int = 0) -> nn.Module:
 
 def fold_weight_norm(model: nn.Module) -> nn.Module:
     """Replace every weight-norm pair (legacy hook or parametrization) by the plain weight it stands for; call
-    after loading. Otherwise the norm is recomputed on every forward: ~18 ms per call for HuBERT's 768×48×128
-    positional conv on two CPU cores, a quarter of a 0.25 s utterance's encode."""
+    after loading. Otherwise the norm is recomputed on every forward, a quarter of a short utterance's HuBERT
+    encode on CPU (docs/measurements.md)."""
     for module in model.modules():
         if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
             nn.utils.remove_weight_norm(module)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spiritserve.checkpoints import make_tiny_bundle
+from spiritserve.tiny import make_tiny_bundle
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SERVER_START_TIMEOUT_S = 600

@@ -13,10 +13,10 @@ from spiritserve.checkpoints import (
     BASE_MODEL_NAME,
     LANGUAGE_MODELS_DIR,
     RANDOM_WEIGHTS_MARKER,
-    make_tiny_bundle,
     open_checkpoint,
 )
 from spiritserve.errors import CheckpointError
+from spiritserve.tiny import make_tiny_bundle
 
 OFFICIAL_BASE_FILES = [
     "speech_tokenizer/hubert_25hz/mhubert_base_25hz.pt",

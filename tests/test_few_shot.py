@@ -12,6 +12,7 @@ import pytest
 
 from spiritserve.checkpoints import open_checkpoint
 from spiritserve.engine.engine import TokenDelta, TokenRequest
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.few_shot import (
     BASE_STOP_UNITS,
     TRANSCRIPT_END,
@@ -46,7 +47,12 @@ def stages(tiny_bundle: Path):
     """The tiny bundle's checkpoint, speech tokenizer and vocoder (a pipeline is built per test: its batchers
     belong to one event loop)."""
     checkpoint = open_checkpoint(tiny_bundle)
-    return checkpoint, SpeechTokenizer.from_checkpoint(checkpoint, "cpu"), UnitVocoder.from_dir(checkpoint.vocoder_dir)
+    speech_tokenizer = SpeechTokenizer.from_dirs(checkpoint.hubert_dir)
+    return checkpoint, speech_tokenizer, UnitVocoder.from_dir(checkpoint.vocoder_dir)
+
+
+def text_tokenizer(stages) -> SpiritTextTokenizer:
+    return SpiritTextTokenizer(stages[0].language_model.tokenizer_path)
 
 
 class ScriptedEngine:
@@ -123,7 +129,7 @@ def test_an_empty_or_missing_pool_is_refused(tmp_path: Path):
 def test_joined_ids_equal_the_whole_prompt_encoded(stages):
     """Prefix ids + query ids are exactly the ids of the joined string, so building by joining lists changes
     nothing the model sees, while the prefix stays the same ids for every query."""
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     prefix = "[Speech][Hu3][Hu9][Text]<START> It's 5 o'clock. <END>[Text]Turn it on. stop[Speech][Hu4]"
     for query in (
         "[Speech][Hu1][Hu2][Text]<START>",
@@ -144,7 +150,7 @@ def test_prompts_hold_every_example(stages):
         return prompts, stop
 
     prompts, stop = with_pipeline(stages, work)
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     transcription = tokenizer.decode_text(list(prompts.transcription.prefix_ids))
     assert transcription.count("<START>") == transcription.count(TRANSCRIPT_END) == 3
     assert "The train leaves at nine." in transcription
@@ -163,7 +169,7 @@ def test_without_a_stop_clip_the_papers_stop_units_are_used(stages, tmp_path: Pa
     prompts = with_pipeline(stages, lambda pipeline: build_prompts(pipeline, None, read(folder)))
     assert prompts.speech.stop_units == BASE_STOP_UNITS and prompts.transcription is None
     stop_speech = "".join(unit_piece("Hu", unit) for unit in BASE_STOP_UNITS)
-    pieces = "".join(stages[0].language_model.tokenizer.pieces(list(prompts.speech.prefix_ids)))
+    pieces = "".join(text_tokenizer(stages).pieces(list(prompts.speech.prefix_ids)))
     assert pieces.count(stop_speech) == 3
 
 
@@ -193,7 +199,7 @@ def hubert_ids(tokenizer, units) -> list[int]:
 
 
 def test_speech_ends_before_its_stop_units_and_holds_back_what_may_be_one(stages):
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     speech, stop = hubert_ids(tokenizer, SPEECH_UNITS), hubert_ids(tokenizer, BASE_STOP_UNITS)
     rule = StopUnitsEnd(tokenizer, BASE_STOP_UNITS)
     assert rule.scan(speech).ended is False
@@ -206,7 +212,7 @@ def test_speech_ends_before_its_stop_units_and_holds_back_what_may_be_one(stages
 
 
 def test_a_transcript_ends_at_the_end_flag(stages):
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     answer = continuation_ids(tokenizer, "[Text] the cat sat. <END>.[Speech][Hu3]")[1:]  # after the query's [Text]
     rule = TranscriptEnd(tokenizer)
     flag = next(count for count in range(len(answer)) if TRANSCRIPT_END in tokenizer.decode_text(answer[:count]))
@@ -223,7 +229,7 @@ def test_a_transcript_ends_at_the_end_flag(stages):
 
 def speak(stages, ids: list[int], stop: bool, streamed: bool):
     """Speech for a scripted answer, offline or streamed: (tokens, audio)."""
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     request = TokenRequest(prompt_ids=[tokenizer.bos_id], max_tokens=200, allowed_token_ids=None)
     options = SamplingOptions(seed=0)
 
@@ -242,7 +248,7 @@ def speak(stages, ids: list[int], stop: bool, streamed: bool):
 @pytest.mark.parametrize("streamed", [False, True])
 def test_the_stop_word_is_never_heard(stages, streamed: bool):
     """An answer that says the stop units (then goes on) sounds exactly like one that ends before them."""
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     speech, stop = hubert_ids(tokenizer, SPEECH_UNITS), hubert_ids(tokenizer, BASE_STOP_UNITS)
     tokens, audio, last = speak(stages, speech + stop + speech, stop=True, streamed=streamed)
     plain_tokens, plain_audio, _ = speak(stages, speech, stop=False, streamed=streamed)
@@ -252,7 +258,7 @@ def test_the_stop_word_is_never_heard(stages, streamed: bool):
 
 
 def test_a_transcript_through_the_pipeline_loses_its_flag(stages):
-    tokenizer = stages[0].language_model.tokenizer
+    tokenizer = text_tokenizer(stages)
     answer = continuation_ids(tokenizer, "[Text] the cat sat. <END>[Speech]")[1:] + [tokenizer.eos_id]
     request = TokenRequest(prompt_ids=[tokenizer.bos_id], max_tokens=50, allowed_token_ids=None)
 

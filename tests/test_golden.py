@@ -16,14 +16,21 @@ import pytest
 import soundfile
 
 from spiritserve.checkpoints import HUBERT_DIR, LANGUAGE_MODELS_DIR, MODEL_NAMES, PITCH_DIR, STYLE_DIR, VOCODER_DIRS
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.tokenizers.phonetic import PhoneticTokenizer
 from spiritserve.tokenizers.pitch import PitchTokenizer
 from spiritserve.tokenizers.speech import SpeechTokenizer, SpeechUnits
 from spiritserve.tokenizers.style import StyleTokenizer
-from spiritserve.tokenizers.text import SpiritTextTokenizer
-from spiritserve.tokens import Modality, OutputModality, PromptSegment, align_units, build_prompt, interleave
-from spiritserve.vocoder.base import UnitVocoder
-from spiritserve.vocoder.batched import VocodeRequest, decode_batch
+from spiritserve.tokens import (
+    Modality,
+    OutputModality,
+    PromptSegment,
+    align_units,
+    build_prompt,
+    interleave,
+    parse_units,
+)
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "golden"
@@ -81,7 +88,7 @@ def assert_same_audio(ours: np.ndarray, reference: np.ndarray) -> None:
 
 def vocode_request(case: dict) -> VocodeRequest:
     """A golden token string as the pipeline vocodes generated speech: parsed (§8.3), then vocoded."""
-    units = align_units(case["tokens"], expressive=case["variant"] == "expressive")
+    units = align_units(parse_units(case["tokens"]), expressive=case["variant"] == "expressive")
     return VocodeRequest(units.hubert, case["speaker"], case["style"], True, units.pitch or None, units.style or None)
 
 
@@ -123,18 +130,14 @@ def test_prompt_ids_match_the_reference(units_of, case):
 @pytest.mark.parametrize("case", **by_name(EXPECTED["vocoder"]))
 def test_vocoder_durations_match_the_reference(vocoders, case):
     request = vocode_request(case)
-    _, durations = vocoders[case["variant"]].frame_features(
-        request.units, request.speaker, request.style, True, request.pitch, request.style_units
-    )
+    _, durations = vocoders[case["variant"]].frame_features(request)
     assert durations == case["durations"]
 
 
 @pytest.mark.parametrize("case", **by_name(EXPECTED["vocoder"]))
 def test_vocoder_audio_matches_the_reference(vocoders, reference_audio, case):
     request = vocode_request(case)
-    output = vocoders[case["variant"]].decode(
-        request.units, request.speaker, request.style, True, request.pitch, request.style_units
-    )
+    output = vocoders[case["variant"]].decode(request)
     assert_same_audio(output.audio, reference_audio[case["name"]])
 
 
@@ -143,11 +146,13 @@ def test_resynthesis_matches_the_reference(vocoders, reference_audio, case):
     """Raw, undeduplicated units straight from the speech tokenizer: one frame per unit."""
     units = EXPECTED["clips"][case["clip"]][case["variant"]]
     output = vocoders[case["variant"]].decode(
-        units["hubert"],
-        case["speaker"],
-        predict_durations=case["predict_durations"],
-        pitch=units.get("pitch"),
-        style_units=units.get("style"),
+        VocodeRequest(
+            units["hubert"],
+            case["speaker"],
+            predict_durations=case["predict_durations"],
+            pitch=units.get("pitch"),
+            style_units=units.get("style"),
+        )
     )
     assert output.durations == [1] * len(units["hubert"])
     assert_same_audio(output.audio, reference_audio[case["name"]])
@@ -157,7 +162,7 @@ def test_resynthesis_matches_the_reference(vocoders, reference_audio, case):
 def test_batched_vocoding_matches_the_reference(vocoders, reference_audio, variant):
     """The serving path: every golden string of a variant in one batch, cut into short windows."""
     cases = [case for case in EXPECTED["vocoder"] if case["variant"] == variant]
-    outputs = decode_batch(vocoders[variant], [vocode_request(case) for case in cases], window_frames=16)
+    outputs = vocoders[variant].decode_batch([vocode_request(case) for case in cases], window_frames=16)
     for case, output in zip(cases, outputs, strict=True):
         assert output.durations == case["durations"], case["name"]
         assert_same_audio(output.audio, reference_audio[case["name"]])

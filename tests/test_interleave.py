@@ -9,6 +9,7 @@ from spiritserve.tokens import (
     fallback_style,
     interleave,
     parse_unit_string,
+    parse_units,
 )
 
 # The first 20 HuBERT and pitch units of the reference example (§5.4, §6.3); style 71 (§7).
@@ -46,20 +47,20 @@ def test_hubert_clock_drifts_one_frame_per_hundred_seconds():
 
 
 def test_parse_back_pre_duplicates_and_back_fills():
-    aligned = align_units("[Hu1][Hu2][Pi5][Hu3][St9][Hu4][Pi6][Hu5]")
+    aligned = align_units(parse_units("[Hu1][Hu2][Pi5][Hu3][St9][Hu4][Pi6][Hu5]"))
     assert aligned.hubert == [1, 2, 3, 4, 5]
     assert aligned.pitch == [5, 5, 5, 5, 6]  # Hu1, Hu2 back-filled with the first pitch seen later
     assert aligned.style == [9, 9, 9, 9, 9]
 
 
 def test_missing_style_falls_back_deterministically():
-    aligned = align_units("[Pi5][Hu1][Hu2]")
+    aligned = align_units(parse_units("[Pi5][Hu1][Hu2]"))
     assert aligned.style == [MOST_COMMON_STYLES[0]] * 2
-    seeded = {align_units("[Pi5][Hu1]", expressive=True, style_seed=seed).style[0] for seed in range(20)}
+    seeded = {align_units(parse_units("[Pi5][Hu1]"), expressive=True, style_seed=seed).style[0] for seed in range(20)}
     assert seeded == set(MOST_COMMON_STYLES)
     assert fallback_style(3) == fallback_style(3)
-    assert align_units("[Hu1][Hu2]").pitch == [FALLBACK_PITCH] * 2  # expressive without any Pi
-    assert align_units("[Hu1][Hu2]", expressive=False) == AlignedUnits([1, 2], [], [])  # base: no streams
+    assert align_units(parse_units("[Hu1][Hu2]")).pitch == [FALLBACK_PITCH] * 2  # expressive without any Pi
+    assert align_units(parse_units("[Hu1][Hu2]"), expressive=False) == AlignedUnits([1, 2], [], [])  # base: no streams
 
 
 def test_round_trip_string_to_units_to_string():
@@ -69,7 +70,7 @@ def test_round_trip_string_to_units_to_string():
     parsed = parse_unit_string(expressive)
     assert parsed["Hu"] == [unit for i, unit in enumerate(HUBERT) if i == 0 or unit != HUBERT[i - 1]]
     assert parsed["Pi"] == [unit for i, unit in enumerate(PITCH) if i == 0 or unit != PITCH[i - 1]]
-    aligned = align_units(expressive)
+    aligned = align_units(parse_units(expressive))
     assert aligned.hubert == parsed["Hu"] and len(aligned.pitch) == len(aligned.style) == len(aligned.hubert)
 
 
@@ -77,17 +78,17 @@ def test_streaming_alignment_equals_offline_alignment():
     text = interleave({"Hu": HUBERT * 3, "Pi": PITCH * 3, "St": [71, 83, 71]})
     pieces = ["[" + piece for piece in text.split("[")[1:]]
     aligner = UnitAligner(expressive=True, max_held=25)
-    streamed = [aligner.push(piece) for piece in pieces] + [aligner.finish()]
+    streamed = [aligner.push(parse_units(piece)) for piece in pieces] + [aligner.finish()]
     joined = AlignedUnits(
         *(sum((getattr(part, name) for part in streamed), []) for name in ("hubert", "pitch", "style"))
     )
-    assert joined == align_units(text)
+    assert joined == align_units(parse_units(text))
     assert streamed[2].hubert == [99]  # St, Pi, Hu: the first frame is final as soon as it arrives
 
 
 def test_streaming_holds_frames_until_pitch_and_style_arrive_then_caps():
     aligner = UnitAligner(expressive=True, max_held=3)
-    assert aligner.push("[Hu1][Pi4]") == AlignedUnits([], [], [])  # no style yet: held
-    released = aligner.push("[Hu2][Hu3]")  # the cap: fall back rather than wait longer
+    assert aligner.push(parse_units("[Hu1][Pi4]")) == AlignedUnits([], [], [])  # no style yet: held
+    released = aligner.push(parse_units("[Hu2][Hu3]"))  # the cap: fall back rather than wait longer
     assert released == AlignedUnits([1, 2, 3], [4, 4, 4], [MOST_COMMON_STYLES[0]] * 3)
-    assert aligner.push("[St9][Hu5]") == AlignedUnits([5], [4], [9])
+    assert aligner.push(parse_units("[St9][Hu5]")) == AlignedUnits([5], [4], [9])

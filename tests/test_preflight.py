@@ -19,9 +19,8 @@ from spiritserve.checkpoints import (
     STYLE_DIR,
     VOCODER_DIRS,
 )
-from spiritserve.checkpoints import _llama_layout_tokenizer as llama_layout_tokenizer
 from spiritserve.preflight import CPU_ATTENTION_HEAD_SIZES, CUDA_MIN_HEAD_SIZE
-from spiritserve.tokenizers.text import write_extended_tokenizer
+from spiritserve.tiny import llama_layout_tokenizer, write_extended_tokenizer
 
 
 @pytest.fixture()

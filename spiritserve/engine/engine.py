@@ -1,6 +1,6 @@
 """Spirit LM hosted in vLLM's `AsyncLLM`: token-id prompts in, streamed token-id deltas out.
 
-The engine never sees strings: prompts are built and tokenized by `spiritserve.tokenizers.text` exactly as
+The engine never sees strings: prompts are built and tokenized by `spiritserve.engine.tokenizer` exactly as
 the reference does, so vLLM runs with `skip_tokenizer_init`. Output modality is forced with
 `allowed_token_ids` (a static mask, the reference's `bad_words_ids` inverted). Every request has a token
 budget and a wall-clock deadline, and is aborted in vLLM whenever its consumer stops listening.
@@ -16,6 +16,9 @@ from pathlib import Path
 from spiritserve.errors import EngineUnavailableError
 
 logger = logging.getLogger(__name__)
+# The reference's sampling defaults, which every API's defaults point to (temperature 0 means greedy).
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.95
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,8 @@ class TokenRequest:
     max_tokens: int
     allowed_token_ids: list[int] | None
     stop_token_ids: list[int] = field(default_factory=list)
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
     top_k: int = 0
     seed: int | None = None
 

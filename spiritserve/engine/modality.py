@@ -7,7 +7,7 @@ blank `[Hu500]`), and never the unused padding rows, which have no tokenizer pie
 
 import math
 
-from spiritserve.tokenizers.text import SpiritTextTokenizer
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.tokens import STREAM_RATES, OutputModality, UnitKind
 
 

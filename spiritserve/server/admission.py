@@ -2,8 +2,8 @@
 
 - In-flight cap: at most `max_in_flight` model requests (REST generation, tokenize, synthesize) at once;
   beyond it, 503 with Retry-After. Each speech stage also refuses work when its queue is full (503).
-- Per-key rate: `rate_limit_per_minute` requests per API key (per client address without keys), a
-  token bucket; beyond it, 429 with Retry-After.
+- Per-key rate: `rate_limit_per_minute` requests per API key (per client address without keys) in any
+  minute, counted by the `limits` package; beyond it, 429 with Retry-After.
 - API keys: `Authorization: Bearer KEY`, or `?api_key=KEY` where a browser cannot set headers (the
   websocket); compared in constant time; a key file is re-read when it changes. Paths in `public_paths`
   (exact, or a prefix ending in `*`) need no key.
@@ -19,7 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from spiritserve.errors import OverloadedError, RateLimitedError, UnauthorizedError
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from spiritserve.errors import RETRY_AFTER_DRAINING_S, OverloadedError, RateLimitedError, UnauthorizedError
 
 logger = logging.getLogger(__name__)
 
@@ -105,31 +109,34 @@ def presented_key(headers: dict[str, str], query: dict[str, str]) -> str | None:
 
 
 class RateLimiter:
-    """A token bucket per caller: `per_minute` requests, refilled continuously."""
+    """At most `per_minute` requests per caller in any minute (0: no limit), with the `limits` package's sliding
+    window counter in memory: two counters per caller (this minute's and the last one's, weighted by how much of it
+    the sliding minute still covers). A counter expires two minutes after it started, so memory holds the callers
+    of the last few minutes, never every caller seen (tests/server/test_rate_limiter.py)."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill time)
+        self.limit = RateLimitItemPerMinute(max(per_minute, 1))
+        self.storage = MemoryStorage()  # its timer thread drops expired counters
+        self._window = SlidingWindowCounterRateLimiter(self.storage)
 
     def take(self, caller: str) -> None:
-        if self.per_minute <= 0:
+        if self.per_minute <= 0 or self._window.hit(self.limit, caller):
             return
-        now = time.monotonic()
-        tokens, last = self._buckets.get(caller, (float(self.per_minute), now))
-        tokens = min(self.per_minute, tokens + (now - last) * self.per_minute / 60)
-        if tokens < 1:
-            self._buckets[caller] = (tokens, now)
-            retry_after = math.ceil((1 - tokens) * 60 / self.per_minute)
-            raise RateLimitedError(f"more than {self.per_minute} requests per minute", retry_after_s=retry_after)
-        self._buckets[caller] = (tokens - 1, now)
+        reset_at = self._window.get_window_stats(self.limit, caller).reset_time
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        raise RateLimitedError(f"more than {self.per_minute} requests per minute", retry_after_s=retry_after)
 
 
 class Admission:
-    """The in-flight counter and the draining flag shared by every route."""
+    """The in-flight counter, the realtime session and answer counts, and the draining flag shared by every
+    route."""
 
-    def __init__(self, max_in_flight: int) -> None:
+    def __init__(self, max_in_flight: int, max_realtime_sessions: int) -> None:
         self.max_in_flight = max_in_flight
+        self.max_realtime_sessions = max_realtime_sessions
         self.in_flight = 0
+        self.realtime_sessions = 0  # open websockets (with `in_flight`, the load autoscaling reads)
         self.realtime_responses = 0  # websocket answers being generated (a drain waits for them too)
         self.draining = False
         self.drain_started = asyncio.Event()  # set on the event loop once `draining` is; wakes idle sessions
@@ -140,16 +147,38 @@ class Admission:
 
     def check_open(self) -> None:
         if self.draining:
-            raise OverloadedError("the server is shutting down; retry on another replica", retry_after_s=5)
+            raise OverloadedError("the server is shutting down; retry on another replica", RETRY_AFTER_DRAINING_S)
 
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one in-flight slot for the duration of a request (503 when none is free)."""
         self.check_open()
         if self.in_flight >= self.max_in_flight:
-            raise OverloadedError(f"{self.max_in_flight} requests are already in flight", retry_after_s=1)
+            raise OverloadedError(f"{self.max_in_flight} requests are already in flight")
         self.in_flight += 1
         try:
             yield
         finally:
             self.in_flight -= 1
+
+    @contextmanager
+    def realtime_session(self) -> Iterator[None]:
+        """Count one open websocket session; OverloadedError, before it opens, while draining or when
+        `max_realtime_sessions` are open."""
+        self.check_open()
+        if self.realtime_sessions >= self.max_realtime_sessions:
+            raise OverloadedError(f"at most {self.max_realtime_sessions} sessions")
+        self.realtime_sessions += 1
+        try:
+            yield
+        finally:
+            self.realtime_sessions -= 1
+
+    @contextmanager
+    def realtime_response(self) -> Iterator[None]:
+        """Count one websocket answer being generated, which a drain waits for like a request in flight."""
+        self.realtime_responses += 1
+        try:
+            yield
+        finally:
+            self.realtime_responses -= 1

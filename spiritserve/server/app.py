@@ -22,8 +22,8 @@ from spiritserve.checkpoints import SpiritCheckpoint
 from spiritserve.engine.engine import LanguageModelEngine
 from spiritserve.errors import SpiritServeError
 from spiritserve.few_shot import FewShotPrompts, build_prompts, read_pools
-from spiritserve.pipeline import PipelineLimits, SpiritPipeline
-from spiritserve.server.admission import Admission, ApiKeys, RateLimiter
+from spiritserve.pipeline import SpiritPipeline
+from spiritserve.server.admission import ApiKeys, RateLimiter
 from spiritserve.server.auth import AccessMiddleware, OriginPolicy
 from spiritserve.server.docs_pages import install_docs
 from spiritserve.server.error_messages import error_body, error_headers
@@ -62,20 +62,16 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
     engine_on_cpu = not torch.cuda.is_available()
     with config_key_policy(strict=settings.strict_config):
         speech_tokenizer = await asyncio.to_thread(
-            SpeechTokenizer.from_checkpoint, checkpoint, device, getattr(torch, settings.speech_dtype)
+            SpeechTokenizer.from_dirs,
+            checkpoint.hubert_dir,
+            checkpoint.pitch_dir,
+            checkpoint.style_dir,
+            device,
+            getattr(torch, settings.speech_dtype),
         )
         vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
     engine = LanguageModelEngine.start(checkpoint.language_model.path, settings.engine_settings(on_cpu=engine_on_cpu))
-    limits = PipelineLimits(
-        default_speech_seconds=settings.default_speech_seconds,
-        max_speech_seconds=settings.max_speech_seconds,
-        default_text_tokens=settings.default_text_tokens,
-        generation_timeout_s=settings.generation_timeout_s,
-        max_model_len=settings.engine_max_model_len,
-        batch_max_size=settings.batch_max_size,
-        batch_max_wait_s=settings.batch_max_wait_ms / 1000,
-        max_queue_per_stage=settings.max_queue_per_stage,
-    )
+    limits = settings.pipeline_limits()
     return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
 
 
@@ -124,7 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
-    admission = Admission(settings.max_in_flight)
+    admission = settings.admission()
     metrics = ServiceMetrics()
 
     @asynccontextmanager
@@ -156,7 +152,6 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     app.state.metrics = metrics
     app.state.pipeline = None
     app.state.few_shot = FewShotPrompts()  # zero-shot; the lifespan builds the configured pools' prompts
-    app.state.realtime_sessions = 0
     app.state.admission = admission
     metrics.watch(admission, app.state)
     app.include_router(router)
@@ -166,20 +161,14 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     install_docs(app)  # /docs, /redoc and /static/docs/*, before /static would shadow them
     app.mount("/static", static_files(), name="static")
     install_error_handlers(app)
-    # Multipart framing and JSON-wrapped base64 add a little to the audio itself; allow for it.
     app.add_middleware(
         BodySizeLimitMiddleware,
-        max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20,
+        max_body_bytes=settings.max_body_bytes,
         body_read_timeout_s=settings.body_read_timeout_s,
-    )
-    api_keys = ApiKeys(
-        [key.strip() for key in (settings.api_keys or "").split(",") if key.strip()],
-        [path.strip() for path in settings.public_paths.split(",") if path.strip()],
-        settings.api_keys_file,
     )
     app.add_middleware(
         AccessMiddleware,
-        api_keys=api_keys,
+        api_keys=ApiKeys(settings.api_keys, settings.public_paths, settings.api_keys_file),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         origins=OriginPolicy(settings.allowed_origins),
     )

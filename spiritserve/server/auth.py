@@ -30,8 +30,8 @@ class OriginPolicy:
     the server's own origin only.
     """
 
-    def __init__(self, allowed: str | None) -> None:
-        entries = {entry.strip().rstrip("/").lower() for entry in (allowed or "").split(",") if entry.strip()}
+    def __init__(self, allowed: list[str] | None) -> None:
+        entries = {entry.strip().rstrip("/").lower() for entry in allowed or () if entry.strip()}
         self.any_origin = "*" in entries
         self.origins = entries - {"*"}
         self.loopback = allowed is None

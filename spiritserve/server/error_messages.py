@@ -10,7 +10,7 @@ from starlette.types import Message
 from spiritserve.errors import OverloadedError, SpiritServeError, UnauthorizedError
 
 
-def error_body(exc: SpiritServeError) -> dict:
+def error_body(exc: SpiritServeError) -> dict[str, dict[str, str]]:
     return {"error": {"type": type(exc).__name__, "message": str(exc)}}
 
 

@@ -37,7 +37,7 @@ def _timeout_response(timeout_s: float) -> tuple[Message, Message]:
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_read_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_read_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_read_timeout_s = body_read_timeout_s

@@ -4,13 +4,17 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spiritserve.batching import BatchStats
+from spiritserve.server.admission import Admission
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -79,7 +83,7 @@ class ServiceMetrics:
         exposition.register(_Chain(self.registry, REGISTRY))
         return exposition
 
-    def watch(self, admission, app_state) -> None:
+    def watch(self, admission: Admission, app_state: State) -> None:
         """Gauges read when scraped: requests in flight, and items waiting in each speech stage."""
         self.registry.register(_LiveGauges(admission, app_state))
 
@@ -98,23 +102,23 @@ class _Chain(Collector):
     def __init__(self, *registries: CollectorRegistry) -> None:
         self.registries = registries
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         for registry in self.registries:
             yield from registry.collect()
 
 
 class _LiveGauges(Collector):
-    def __init__(self, admission, app_state) -> None:
+    def __init__(self, admission: Admission, app_state: State) -> None:
         self.admission = admission
         self.app_state = app_state
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily("spiritserve_in_flight_requests", "model requests being served now")
         in_flight.add_metric([], self.admission.in_flight)
         yield in_flight
         # The autoscaling signal: REST work and voice sessions alike (a pod full of sessions has no REST work).
         load = GaugeMetricFamily("spiritserve_load", "model requests in flight plus open realtime sessions")
-        load.add_metric([], self.admission.in_flight + getattr(self.app_state, "realtime_sessions", 0))
+        load.add_metric([], self.admission.in_flight + self.admission.realtime_sessions)
         yield load
         healthy = GaugeMetricFamily("spiritserve_engine_healthy", "1 while the LM engine runs, 0 once it failed")
         pipeline = getattr(self.app_state, "pipeline", None)

@@ -30,10 +30,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from spiritserve.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_pcm16, encode_wav, streaming_wav_header
 from spiritserve.errors import BadRequestError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
-from spiritserve.server.audio_io import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_pcm16, encode_wav, streaming_wav_header
 from spiritserve.server.error_messages import error_headers
 from spiritserve.server.openai_schemas import (
     AssistantMessage,
@@ -110,7 +110,7 @@ def openai_error_responses(*codes: int) -> dict:
     return error_responses(*codes, model=OpenAIErrorResponse, descriptions=_ERROR_DESCRIPTIONS)
 
 
-MODEL_ROUTE_ERRORS = openai_error_responses(400, 401, 404, 408, 413, 415, 429, 500, 503, 504)
+MODEL_ROUTE_ERRORS = openai_error_responses(400, 401, 404, 408, 413, 415, 429, 500, 503)
 
 
 class InvalidParameterError(BadRequestError):
@@ -386,7 +386,7 @@ async def _chat_events(
                         yield chunk({"audio": {"id": audio_id, "data": data, "expires_at": created + AUDIO_EXPIRY_S}})
             yield chunk({"audio": {"id": audio_id, "transcript": ""}})
             finish_reason = "length"  # speech output runs to its budget (EOS is banned)
-    except SpiritServeError as exc:  # e.g. the generation timed out: the stream has started, so it says so
+    except SpiritServeError as exc:  # e.g. the engine failed: the stream has started, so it says so
         logger.warning("request %s: stream ended by %r", completion_id, exc)
         yield _sse_error(exc)
         return

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from spiritserve.engine.engine import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from spiritserve.server.schemas import MAX_SEED
 from spiritserve.voices import VOICE_DESCRIPTION
 
@@ -86,8 +87,10 @@ class ChatCompletionRequest(BaseModel):
         default_factory=lambda: ["text"], min_length=1, description='["text"]: text answer; with "audio": speech'
     )
     audio: AudioOutputOptions | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 0.8 (the reference's)")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="default 0.95 (the reference's)")
+    temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description=f"default {DEFAULT_TEMPERATURE} (the reference's)"
+    )
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description=f"default {DEFAULT_TOP_P} (the reference's)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     max_completion_tokens: int | None = Field(None, ge=1, le=8192)
     max_tokens: int | None = Field(None, ge=1, le=8192, description="the older name of max_completion_tokens")

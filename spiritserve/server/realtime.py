@@ -1,38 +1,26 @@
 """`/v1/realtime`: streaming voice chat over a websocket, speaking OpenAI's GA Realtime events (docs/realtime.md).
 
-One `RealtimeSession` per connection holds the input audio buffer (in the session's input format), the
-conversation (items with ids, each held as unit strings or text; whole items trimmed oldest-first to a token
-budget; the client inserts, retrieves, deletes and truncates them) and at most one running response.
-`input_audio_buffer.commit` only commits; a response starts on `response.create` or, with server VAD's
-`create_response`, when the user stops speaking. A response streams audio (resampled from
-the model's 16 kHz to the output format) or text deltas while vLLM generates; `response.cancel` or — with
-`interrupt_response` — new user speech cancels it at once, which aborts its engine request.
+This module is the transport: the route admits a session (realtime_session.py) through the same `Admission` as
+REST, then `RealtimeConnection` sends its events and reads client messages until the client leaves, goes idle
+or a drain closes it; each message is parsed into a client event (realtime_protocol.py) and handed to the
+session's handler for it. Whatever a handler raises becomes an `error` event; the session lives on.
 """
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
-import re
-import time
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from spiritserve.errors import BadRequestError, SpiritServeError
-from spiritserve.pipeline import SamplingOptions, SpiritPipeline
-from spiritserve.resample import StreamResampler, resample
-from spiritserve.server import g711
-from spiritserve.server.audio_io import decode_pcm16, encode_pcm16
+from spiritserve.errors import OverloadedError, SpiritServeError
+from spiritserve.pipeline import SpiritPipeline
+from spiritserve.server.admission import Admission
 from spiritserve.server.realtime_protocol import (
     CLIENT_EVENTS,
-    IGNORED_RESPONSE_FIELDS,
-    IGNORED_SESSION_FIELDS,
-    MODEL_SAMPLE_RATE,
     PROTOCOL,
     ConversationItemCreate,
     ConversationItemDelete,
@@ -41,134 +29,58 @@ from spiritserve.server.realtime_protocol import (
     InputAudioAppend,
     InputAudioClear,
     InputAudioCommit,
-    MessageItem,
-    PcmaFormat,
-    PcmFormat,
-    PcmuFormat,
+    RealtimeError,
     ResponseCancel,
     ResponseCreate,
-    ResponseOverrides,
-    SessionConfig,
+    ServerEvent,
     SessionUpdate,
-    bytes_per_sample,
     error_event,
-    format_rate,
-    ignored_fields,
-    merge_session,
+    validation_message,
 )
-from spiritserve.tokens import Modality, OutputModality, PromptSegment, build_prompt
-from spiritserve.vad import EnergyVad, SileroVad
-from spiritserve.voices import speaker_for
+from spiritserve.server.realtime_session import RealtimeSession
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 TRY_AGAIN_LATER = 1013  # websocket close code: the server is at its session limit
 SERVICE_RESTART = 1012  # websocket close code: this replica is draining; reconnect (to another one)
-AudioFormat = PcmFormat | PcmuFormat | PcmaFormat
+
+HANDLERS: dict[type, Callable[[RealtimeSession, Any], Awaitable[None]]] = {  # client event → its handler
+    SessionUpdate: RealtimeSession.update_session,
+    InputAudioAppend: RealtimeSession.append,
+    InputAudioCommit: RealtimeSession.commit,
+    InputAudioClear: RealtimeSession.clear,
+    ResponseCreate: RealtimeSession.create_response,
+    ResponseCancel: RealtimeSession.cancel_response,
+    ConversationItemCreate: RealtimeSession.create_item,
+    ConversationItemDelete: RealtimeSession.delete_item,
+    ConversationItemRetrieve: RealtimeSession.retrieve_item,
+    ConversationItemTruncate: RealtimeSession.truncate_item,
+}
 
 
-def decode_audio(data: bytes, audio_format: AudioFormat) -> np.ndarray:
-    """Wire bytes → float32 in [-1, 1) at the format's rate."""
-    if isinstance(audio_format, PcmuFormat):
-        return g711.decode_mulaw(data).astype(np.float32) / 32768
-    if isinstance(audio_format, PcmaFormat):
-        return g711.decode_alaw(data).astype(np.float32) / 32768
-    return decode_pcm16(data)
+class RealtimeConnection:
+    """One session's websocket: events out (one at a time: a response streams while handlers answer), client
+    messages in."""
 
-
-def encode_audio(samples: np.ndarray, audio_format: AudioFormat) -> bytes:
-    """float32 in [-1, 1] at the format's rate → wire bytes."""
-    if isinstance(audio_format, PcmFormat):
-        return encode_pcm16(samples)
-    pcm = np.frombuffer(encode_pcm16(samples), dtype="<i2")
-    return g711.encode_mulaw(pcm) if isinstance(audio_format, PcmuFormat) else g711.encode_alaw(pcm)
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
-
-
-class RealtimeError(Exception):
-    """A client event that cannot be applied: answered with an `error` event carrying `code` and `param`."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.param = code, param
-
-
-@dataclass(eq=False)
-class ConversationItem:
-    """A message of the conversation: what the client sees (`content`, audio data left out: only units are kept)
-    and what the prompt reads (`segments`). A spoken answer also keeps `milestones`, (model samples sent, unit
-    tokens generated by then) after each audio chunk, which map a heard duration to the units to keep."""
-
-    id: str
-    role: str
-    content: list[dict]
-    segments: list[PromptSegment]
-    status: str = "completed"
-    milestones: list[tuple[int, int]] = field(default_factory=list)
-
-    def describe(self) -> dict:
-        return {"id": self.id, "object": "realtime.item", "type": "message", "role": self.role,
-                "status": self.status, "content": self.content}  # fmt: skip
-
-    @property
-    def audio_ms(self) -> int:
-        return -(-self.milestones[-1][0] * 1000 // MODEL_SAMPLE_RATE)
-
-    def truncate(self, audio_end_ms: int) -> None:
-        """Keep the units generated by the time the last audio chunk within `audio_end_ms` was sent. The
-        vocoder voices a unit a few units after it is generated, so this can keep a few units whose audio
-        starts just past the cut; within a chunk it keeps fewer than were heard."""
-        samples = audio_end_ms * MODEL_SAMPLE_RATE // 1000
-        units = max(count for sent, count in self.milestones if sent <= samples)
-        self.milestones = [(sent, count) for sent, count in self.milestones if sent < samples] + [(samples, units)]
-        kept = _first_units(self.segments[0].content, units) if units else ""
-        self.segments = [PromptSegment(Modality.SPEECH, kept)] if kept else []
-
-
-def _first_units(units: str, count: int) -> str:
-    """A generated unit string up to and including its `count`-th HuBERT unit."""
-    return units[: [match.end() for match in re.finditer(r"\[Hu\d+\]", units)][count - 1]]
-
-
-class RealtimeSession:
-    def __init__(self, websocket: WebSocket, pipeline: SpiritPipeline, settings, admission) -> None:
-        self.websocket = websocket
-        self.admission = admission
-        self.pipeline = pipeline
-        self.settings = settings
-        self.id = _new_id("sess")
-        self.model = pipeline.checkpoint.language_model.path.name
-        self.config = SessionConfig()
-        self.speaker: int | None = None  # the vocoder speaker `audio.output.voice` names
-        self.buffer = bytearray()  # audio since the last commit, in config.audio.input.format
-        self.buffer_start_ms = 0  # where the buffer starts in the session's input audio stream
-        self.next_item_id = _new_id("item")  # the user item the buffer becomes when committed
-        self.conversation_id = _new_id("conv")
-        self.items: list[ConversationItem] = []  # the conversation, in prompt order
-        self.vad: EnergyVad | SileroVad | None = None
-        self.vad_offset = 0  # input samples before the VAD was (re)started
-        self.speech_start_ms: int | None = None
-        self.response: asyncio.Task | None = None
+    def __init__(self, websocket: WebSocket, admission: Admission, idle_timeout_s: float, max_message_bytes: int):
+        self.websocket, self.admission = websocket, admission
+        self.idle_timeout_s, self.max_message_bytes = idle_timeout_s, max_message_bytes
         self._send_lock = asyncio.Lock()
-        self._reset_vad()
 
-    async def send(self, event: dict) -> None:
+    async def send(self, event: ServerEvent) -> None:
         async with self._send_lock:
-            await self.websocket.send_json({"event_id": _new_id("event"), **event})
+            await self.websocket.send_json(event.model_dump(mode="json"))
 
-    async def run(self) -> None:
-        await self.send({"type": "session.created", "protocol": PROTOCOL, "session": self._describe()})
+    async def serve(self, session: RealtimeSession) -> None:
+        await self.send(session.created())
         drain_started = asyncio.ensure_future(self.admission.drain_started.wait())
         try:
             while True:
-                if self.admission.draining and not self._responding:
+                if self.admission.draining and not session.responding:
                     await self.websocket.close(code=SERVICE_RESTART, reason="the server is shutting down; reconnect")
                     return
                 try:
-                    message = await self._next_message(drain_started)
+                    message = await self._next_message(session, drain_started)
                 except TimeoutError:
                     await self.send(error_event("idle_timeout", "no message for too long; closing the session"))
                     await self.websocket.close(code=1000, reason="idle timeout")
@@ -177,37 +89,33 @@ class RealtimeSession:
                     continue  # a drain started, or the answer a drain waited for ended
                 if message["type"] == "websocket.disconnect":
                     return
-                await self._handle(message.get("text"), message.get("bytes"))
+                await self._handle(session, message.get("text"))
         finally:
             drain_started.cancel()
-            await self._cancel_response()
+            await session.close()
 
-    @property
-    def _responding(self) -> bool:
-        return self.response is not None and not self.response.done()
-
-    async def _next_message(self, drain_started: asyncio.Future) -> dict | None:
+    async def _next_message(self, session: RealtimeSession, drain_started: asyncio.Future) -> dict | None:
         """The client's next message; None when a drain starts first, or (while draining) the running answer
         ends first. TimeoutError when the client has been silent too long while nothing was being answered."""
         receive = asyncio.ensure_future(self.websocket.receive())
-        wake = {drain_started} if not self.admission.draining else {self.response} if self._responding else set()
-        done, _ = await asyncio.wait({receive, *wake}, timeout=self.settings.realtime_idle_timeout_s,
+        wake = {drain_started} if not self.admission.draining else {session.response} if session.responding else set()
+        done, _ = await asyncio.wait({receive, *wake}, timeout=self.idle_timeout_s,
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         if receive in done:
             return receive.result()
         receive.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receive
-        if not done and not self._responding:  # idle (a client listening to an answer is not)
+        if not done and not session.responding:  # idle (a client listening to an answer is not)
             raise TimeoutError
         return None
 
-    async def _handle(self, text: str | None, data: bytes | None) -> None:
+    async def _handle(self, session: RealtimeSession, text: str | None) -> None:
         if text is None:
             await self.send(error_event("binary_not_supported", "send JSON text messages; audio goes in base64"))
             return
-        if len(text.encode()) > self.settings.realtime_max_message_bytes:
-            limit = self.settings.realtime_max_message_bytes
+        if len(text.encode()) > self.max_message_bytes:
+            limit = self.max_message_bytes
             await self.send(error_event("message_too_large", f"a message may be at most {limit} bytes"))
             return
         try:
@@ -218,10 +126,10 @@ class RealtimeSession:
         try:
             event = CLIENT_EVENTS.validate_python(payload)
         except ValidationError as exc:
-            await self.send(error_event("invalid_event", _describe(exc), _event_id_of(payload)))
+            await self.send(error_event("invalid_event", validation_message(exc), _event_id_of(payload)))
             return
         try:
-            await self._dispatch(event)
+            await HANDLERS[type(event)](session, event)
         except RealtimeError as exc:
             await self.send(error_event(exc.code, str(exc), event.event_id, exc.param))
         except SpiritServeError as exc:
@@ -229,434 +137,13 @@ class RealtimeSession:
         except WebSocketDisconnect:
             raise
         except Exception:  # a bug, not the client's fault: say so, and keep the session
-            logger.exception("session %s: %s failed", self.id, event.type)
+            logger.exception("session %s: %s failed", session.id, event.type)
             await self.send(error_event("server_error", "the server failed to handle this event", event.event_id))
-
-    async def _dispatch(self, event) -> None:
-        if isinstance(event, SessionUpdate):
-            await self._update_session(event)
-        elif isinstance(event, InputAudioAppend):
-            await self._append(event)
-        elif isinstance(event, InputAudioCommit):
-            await self._commit(event.event_id)
-        elif isinstance(event, InputAudioClear):
-            self._clear_buffer()
-            await self.send({"type": "input_audio_buffer.cleared"})
-        elif isinstance(event, ResponseCreate):
-            await self._create_response(event)
-        elif isinstance(event, ConversationItemCreate):
-            await self._create_item(event)
-        elif isinstance(event, ConversationItemDelete):
-            self.items.remove(self._item(event.item_id, "item_delete_invalid_item_id"))
-            await self.send({"type": "conversation.item.deleted", "item_id": event.item_id})
-        elif isinstance(event, ConversationItemRetrieve):
-            item = self._item(event.item_id, "item_retrieve_invalid_item_id")
-            await self.send({"type": "conversation.item.retrieved", "item": item.describe()})
-        elif isinstance(event, ConversationItemTruncate):
-            await self._truncate(event)
-        elif isinstance(event, ResponseCancel):
-            if self.response is None or self.response.done():
-                await self.send(error_event("no_active_response", "there is no response to cancel", event.event_id))
-            else:
-                await self._cancel_response("client_cancelled")
-
-    async def _update_session(self, event: SessionUpdate) -> None:
-        current = self.config.model_dump(exclude=set(IGNORED_SESSION_FIELDS))
-        try:
-            config = SessionConfig.model_validate(merge_session(current, event.session))
-            speaker = speaker_for(config.audio.output.voice, list(self.pipeline.vocoder.speakers or []))
-        except (ValidationError, ValueError) as exc:
-            message = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
-            await self.send(error_event("invalid_session", message, event.event_id))
-            return
-        if config.audio.input.format != self.config.audio.input.format and self.buffer:
-            message = "commit or clear the input buffer before changing its format"
-            await self.send(error_event("invalid_session", message, event.event_id, "session.audio.input.format"))
-            return
-        restart_vad = (config.audio.input.turn_detection, config.audio.input.format) != (
-            self.config.audio.input.turn_detection, self.config.audio.input.format)  # fmt: skip
-        self.config, self.speaker = config, speaker
-        if restart_vad:
-            self._reset_vad()
-        ignored = ignored_fields(event.session)
-        if ignored:
-            logger.info("session %s: ignoring session fields %s", self.id, ", ".join(ignored))
-        await self.send({"type": "session.updated", "session": self._describe(), "ignored_fields": ignored})
-
-    def _reset_vad(self) -> None:
-        turn_detection = self.config.audio.input.turn_detection
-        rate = format_rate(self.config.audio.input.format)
-        if turn_detection is None:
-            self.vad = None
-        else:  # Silero, or the energy gate where Silero could not load (app.py's lifespan)
-            make_vad = self.websocket.app.state.vad_factory
-            self.vad = make_vad(turn_detection.threshold, turn_detection.silence_duration_ms, rate)
-        self.vad_offset = self.buffer_start_ms * rate // 1000 + len(self.buffer) // self._sample_bytes
-        self.speech_start_ms = None
-
-    @property
-    def _sample_bytes(self) -> int:
-        return bytes_per_sample(self.config.audio.input.format)
-
-    def _buffer_ms(self) -> int:
-        return len(self.buffer) // self._sample_bytes * 1000 // format_rate(self.config.audio.input.format)
-
-    def _clear_buffer(self) -> None:
-        self.buffer_start_ms += self._buffer_ms()
-        self.buffer.clear()
-
-    def _buffer_limit(self) -> int:
-        """Bytes of input audio a turn may hold: the seconds limit and, as float32, the decoded-size limit."""
-        rate, width = format_rate(self.config.audio.input.format), self._sample_bytes
-        return min(int(self.settings.max_audio_seconds * rate) * width, self.settings.max_decoded_bytes // 4 * width)
-
-    async def _append(self, event: InputAudioAppend) -> None:
-        try:
-            chunk = base64.b64decode(event.audio, validate=True)
-        except ValueError as exc:  # binascii.Error, or non-ASCII characters (a plain ValueError)
-            await self.send(error_event("invalid_audio", f"'audio' is not valid base64: {exc}", event.event_id))
-            return
-        if len(chunk) % self._sample_bytes:
-            await self.send(error_event("invalid_audio", "PCM16 audio needs an even byte count", event.event_id))
-            return
-        rate, width, limit = format_rate(self.config.audio.input.format), self._sample_bytes, self._buffer_limit()
-        if len(self.buffer) + len(chunk) > limit:
-            seconds = limit / width / rate
-            message = f"the input buffer holds at most {seconds:.4g} s; commit or clear it"
-            await self.send(error_event("input_audio_buffer_full", message, event.event_id))
-            return
-        self.buffer.extend(chunk)
-        if self.vad is None:
-            return
-        turn_detection = self.config.audio.input.turn_detection
-        samples = decode_audio(chunk, self.config.audio.input.format)
-        # Off the event loop: Silero runs ~0.5 ms per 32 ms window, so a 10 s append takes a while.
-        for change, position in await asyncio.to_thread(self.vad.push, samples):
-            at_ms = (self.vad_offset + position) * 1000 // rate
-            if change == "speech_started":
-                self.speech_start_ms = at_ms
-                await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": at_ms,
-                                 "item_id": self.next_item_id})  # fmt: skip
-                if turn_detection.interrupt_response:
-                    await self._cancel_response("turn_detected")  # barge-in
-            else:
-                await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": at_ms,
-                                 "item_id": self.next_item_id})  # fmt: skip
-                # The turn: from prefix_padding_ms before the speech started (what is older is dropped).
-                keep_from_ms = max(self.buffer_start_ms, (self.speech_start_ms or 0) - turn_detection.prefix_padding_ms)
-                drop = (keep_from_ms - self.buffer_start_ms) * rate // 1000 * width
-                del self.buffer[:drop]
-                self.buffer_start_ms += drop // width * 1000 // rate
-                if await self._commit(event.event_id) and turn_detection.create_response:
-                    if self.response is None or self.response.done():
-                        await self._start_response(None, event_id=event.event_id)
-
-    async def _speech_units(self, data: bytes) -> str:
-        """Audio in the session's input format → the unit string the LM reads. The whole turn at once, as REST
-        resamples a whole upload (per-chunk resampling would differ at the seams)."""
-        audio_format = self.config.audio.input.format
-        samples = await asyncio.to_thread(resample, decode_audio(data, audio_format), format_rate(audio_format),
-                                          MODEL_SAMPLE_RATE)  # fmt: skip
-        return (await self.pipeline.tokenize(samples)).to_string()  # BadAudioError (too short) → error event
-
-    async def _commit(self, event_id: str | None) -> bool:
-        if not self.buffer:
-            await self.send(error_event("input_audio_buffer_commit_empty", "the input buffer is empty", event_id))
-            return False
-        data = bytes(self.buffer)
-        self._clear_buffer()
-        units = await self._speech_units(data)
-        item_id, self.next_item_id = self.next_item_id, _new_id("item")
-        item = ConversationItem(item_id, "user", [{"type": "input_audio", "transcript": None}],
-                                [PromptSegment(Modality.SPEECH, units)])  # fmt: skip
-        previous_item_id = self._insert(item, len(self.items))
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id,
-                         "previous_item_id": previous_item_id})  # fmt: skip
-        return True
-
-    def _item(self, item_id: str, code: str, param: str = "item_id") -> ConversationItem:
-        for item in self.items:
-            if item.id == item_id:
-                return item
-        raise RealtimeError(code, f"there is no item {item_id!r} in the conversation", param)
-
-    def _insert(self, item: ConversationItem, index: int) -> str | None:
-        """Put `item` at `index` of the conversation; returns the id of the item now before it."""
-        self.items.insert(index, item)
-        return self.items[index - 1].id if index else None
-
-    async def _message_item(self, message: MessageItem) -> ConversationItem:
-        """A client's message: its text and audio parts continue the prompt in order, whatever the role (Spirit LM
-        is a base model)."""
-        segments, described = [], []
-        for part in message.content:
-            if part.type != "input_audio":
-                if part.text is None:
-                    raise BadRequestError(f"an {part.type} part needs 'text'")
-                segments.append(PromptSegment(Modality.TEXT, part.text))
-                described.append({"type": part.type, "text": part.text})
-                continue
-            if part.audio is None:
-                raise BadRequestError("an input_audio part needs 'audio' (base64, in the session's input format)")
-            try:
-                data = base64.b64decode(part.audio, validate=True)
-            except ValueError as exc:
-                raise BadRequestError(f"'audio' is not valid base64: {exc}") from exc
-            if len(data) % self._sample_bytes or len(data) > self._buffer_limit():
-                raise BadRequestError("'audio' must be whole samples within the input buffer's limit")
-            segments.append(PromptSegment(Modality.SPEECH, await self._speech_units(data)))
-            described.append({"type": "input_audio", "transcript": part.transcript})
-        return ConversationItem(message.id or _new_id("item"), message.role, described, segments)
-
-    async def _create_item(self, event: ConversationItemCreate) -> None:
-        """A message added by the client, after `previous_item_id` ("root": first; none: last)."""
-        item = await self._message_item(event.item)
-        if any(existing.id == item.id for existing in self.items):
-            raise RealtimeError("item_create_duplicate_item_id", f"an item {item.id!r} exists already", "item.id")
-        index = len(self.items)
-        if event.previous_item_id == "root":
-            index = 0
-        elif event.previous_item_id is not None:
-            previous = self._item(event.previous_item_id, "item_create_invalid_previous_item_id", "previous_item_id")
-            index = self.items.index(previous) + 1
-        previous_item_id = self._insert(item, index)
-        for kind in ("conversation.item.added", "conversation.item.done"):
-            await self.send({"type": kind, "item": item.describe(), "previous_item_id": previous_item_id})
-
-    async def _truncate(self, event: ConversationItemTruncate) -> None:
-        item = self._item(event.item_id, "item_truncate_invalid_item_id")
-        if not item.milestones:
-            raise RealtimeError("invalid_value", "only an assistant's spoken answer can be truncated", "item_id")
-        if event.audio_end_ms > item.audio_ms:
-            message = f"the item's audio is {item.audio_ms} ms long, shorter than audio_end_ms {event.audio_end_ms}"
-            raise RealtimeError("invalid_value", message, "audio_end_ms")
-        item.truncate(event.audio_end_ms)
-        await self.send({"type": "conversation.item.truncated", "item_id": item.id, "content_index": 0,
-                         "audio_end_ms": event.audio_end_ms})  # fmt: skip
-
-    async def _refused_while_draining(self, event_id: str | None) -> bool:
-        if self.admission.draining:
-            message = "the server is shutting down: reconnect to go on (the session closes with 1012)"
-            await self.send(error_event("server_shutting_down", message, event_id))
-        return self.admission.draining
-
-    async def _create_response(self, event: ResponseCreate) -> None:
-        if await self._refused_while_draining(event.event_id):
-            return
-        overrides = event.response or ResponseOverrides()
-        if self.response is not None and not self.response.done():
-            message = "a response is already running; cancel it first"
-            await self.send(error_event("response_already_active", message, event.event_id))
-            return
-        prompt_items = None  # the conversation
-        if overrides.input is not None:
-            prompt_items = [
-                self._item(entry.id, "response_create_invalid_item_id", "response.input")
-                if entry.type == "item_reference" else await self._message_item(entry)
-                for entry in overrides.input
-            ]  # fmt: skip
-        items = self.items if prompt_items is None else prompt_items
-        if not self._instructions(overrides) and not any(item.segments for item in items):
-            message = "commit some audio or add a conversation item first"
-            await self.send(error_event("empty_conversation", message, event.event_id))
-            return
-        ignored = [name for name in IGNORED_RESPONSE_FIELDS if getattr(overrides, name) is not None]
-        if ignored:
-            logger.info("session %s: ignoring response fields %s", self.id, ", ".join(ignored))
-        await self._start_response(overrides, prompt_items, event.event_id)
-
-    def _instructions(self, overrides: ResponseOverrides) -> str:
-        return self.config.instructions if overrides.instructions is None else overrides.instructions
-
-    async def _start_response(
-        self,
-        overrides: ResponseOverrides | None,
-        prompt_items: list[ConversationItem] | None = None,
-        event_id: str | None = None,
-    ) -> None:
-        """Start a response on `prompt_items` (None: the conversation); none once the server drains."""
-        if await self._refused_while_draining(event_id):
-            return
-        response_id = _new_id("resp")
-        self.response = asyncio.create_task(self._respond(response_id, overrides or ResponseOverrides(), prompt_items))
-
-    async def _cancel_response(self, reason: str = "client_cancelled") -> None:
-        if self.response is not None and not self.response.done():
-            self.response.cancel(reason)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.response
-
-    def _prompt_within_budget(
-        self, instructions: str, output: OutputModality, items: list[ConversationItem] | None
-    ) -> list[PromptSegment]:
-        """The prompt: the instructions, then `items` (None: the conversation). Whole items are dropped, oldest
-        first (never the newest), until it fits the session's context budget; the conversation forgets them."""
-        conversation = items is None
-        items = self.items if conversation else items
-        lead = [PromptSegment(Modality.TEXT, instructions)] if instructions else []
-        budget = self.settings.realtime_context_tokens
-        encode = self.pipeline.tokenizer.encode_prompt
-        start = 0
-        while start < len(items) - 1:
-            segments = [segment for item in items[start:] for segment in item.segments]
-            if len(encode(build_prompt(lead + segments, output))) <= budget:
-                break
-            start += 1
-        if conversation:
-            del self.items[:start]
-        return lead + [segment for item in items[start:] for segment in item.segments]
-
-    def _response_object(self, response_id: str, modalities: list[str], limit, overrides: ResponseOverrides) -> dict:
-        """The response's fields that stay the same from `response.created` to `response.done`."""
-        return {
-            "id": response_id, "object": "realtime.response", "output_modalities": modalities,
-            "max_output_tokens": limit, "metadata": overrides.metadata,
-            "conversation_id": None if overrides.conversation == "none" else self.conversation_id,
-            "audio": {"output": {"format": self.config.audio.output.format.model_dump(), "voice": self._voice()}},
-        }  # fmt: skip
-
-    async def _respond(
-        self, response_id: str, overrides: ResponseOverrides, prompt_items: list[ConversationItem] | None
-    ) -> None:
-        started = time.perf_counter()
-        config = self.config
-        modalities = overrides.output_modalities or config.output_modalities
-        limit = overrides.max_output_tokens or config.max_output_tokens
-        instructions = self._instructions(overrides)
-        described = self._response_object(response_id, modalities, limit, overrides)
-        speech = modalities == ["audio"]
-        output = OutputModality.SPEECH if speech else OutputModality.TEXT
-        audio_format = config.audio.output.format
-        options = SamplingOptions(
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=config.seed,
-            max_speech_seconds=config.max_response_seconds,
-            max_new_tokens=None if limit == "inf" else limit,
-            speaker=self.speaker,
-        )
-        status, reason, error, generated, output_tokens = "completed", None, None, "", 0
-        audio_samples, first_delta_s, prompt_tokens = 0, None, 0
-        milestones = [(0, 0)] if speech else []  # (model samples sent, unit tokens generated by then)
-        follows: ConversationItem | None = None  # the answer's place: after this item (None: first)
-        item_id = _new_id("item")
-        place = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
-        started_part = False
-        self.admission.realtime_responses += 1
-        try:
-            await self.send({"type": "response.created",
-                             "response": {**described, "status": "in_progress", "output": []}})  # fmt: skip
-            prompt = self._prompt_within_budget(instructions, output, prompt_items)
-            request = self.pipeline.request_for(prompt, output, options)
-            prompt_tokens = len(request.prompt_ids)
-            follows = self.items[-1] if self.items else None  # before any user turn committed meanwhile
-            item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant"}
-            await self.send({"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
-                             "item": {**item, "status": "in_progress", "content": []}})  # fmt: skip
-            part = {"type": "audio", "transcript": None} if speech else {"type": "text", "text": ""}
-            await self.send({"type": "response.content_part.added", **place, "part": part})
-            started_part = True
-            if speech:
-                resampler = StreamResampler(MODEL_SAMPLE_RATE, format_rate(audio_format))
-                units = 0
-                async for delta in self.pipeline.open_speech_stream(request, options, response_id):
-                    generated = delta.spoken if delta.spoken is not None else generated + delta.tokens
-                    output_tokens = delta.generated_tokens
-                    units = generated.count("[Hu") if delta.spoken is not None else units + delta.tokens.count("[Hu")
-                    if len(delta.audio):
-                        first_delta_s = first_delta_s or time.perf_counter() - started
-                        audio_samples += len(delta.audio)
-                        await self._send_audio(place, resampler.push(delta.audio), audio_format)
-                    if len(delta.audio) or delta.spoken is not None:
-                        milestones.append((audio_samples, units))
-                await self._send_audio(place, resampler.flush(), audio_format)
-                await self.send({"type": "response.output_audio.done", **place})
-            else:
-                async for piece in self.pipeline.stream_text(request, response_id):
-                    output_tokens = piece.generated_tokens
-                    if piece.text:
-                        first_delta_s = first_delta_s or time.perf_counter() - started
-                        generated += piece.text
-                        await self.send({"type": "response.output_text.delta", **place, "delta": piece.text})
-                await self.send({"type": "response.output_text.done", **place, "text": generated})
-        except asyncio.CancelledError as exc:
-            status, reason = "cancelled", (exc.args[0] if exc.args else None) or "client_cancelled"
-        except SpiritServeError as exc:
-            status, error = "failed", {"type": "server_error", "code": type(exc).__name__, "message": str(exc)}
-            await self.send(error_event(type(exc).__name__, str(exc)))
-        except Exception:  # a bug, not the client's fault: say so instead of leaving the client waiting
-            logger.exception("session %s: response %s failed", self.id, response_id)
-            message = "the response failed inside the server"
-            status, error = "failed", {"type": "server_error", "code": "server_error", "message": message}
-            await self.send(error_event("server_error", message))
-        finally:
-            self.admission.realtime_responses -= 1
-        metrics = self.websocket.app.state.metrics
-        metrics.generated_tokens.labels("speech" if speech else "text").inc(output_tokens)
-        if speech:
-            metrics.observe_speech("/v1/realtime", first_delta_s, time.perf_counter() - started,
-                                   audio_samples / MODEL_SAMPLE_RATE)  # fmt: skip
-        output_details = {"audio_tokens": output_tokens if speech else 0, "text_tokens": 0 if speech else output_tokens}
-        usage = {
-            "input_tokens": prompt_tokens, "output_tokens": output_tokens,
-            "total_tokens": prompt_tokens + output_tokens,
-            "input_token_details": {"audio_tokens": 0, "text_tokens": 0, "cached_tokens": 0},
-            "output_token_details": output_details,
-            "output_audio_seconds": audio_samples / MODEL_SAMPLE_RATE,  # a spiritserve extension
-        }  # fmt: skip
-        # Spirit LM speaks units: a spoken answer has no transcript.
-        content = {"type": "output_audio", "transcript": None} if speech else {"type": "output_text", "text": generated}
-        segments = [PromptSegment(Modality.SPEECH if speech else Modality.TEXT, generated)] if generated else []
-        answer = ConversationItem(item_id, "assistant", [content], segments,
-                                  "completed" if status == "completed" else "incomplete", milestones)  # fmt: skip
-        if started_part and overrides.conversation != "none":
-            # where the response started: after `follows` (at the end if that item was deleted meanwhile)
-            index = len(self.items) if follows not in self.items else self.items.index(follows) + 1
-            self._insert(answer, 0 if follows is None else index)
-        timings = {"first_delta_s": first_delta_s, "total_s": time.perf_counter() - started}
-        details = {"type": status, "reason": reason, "error": error} if status != "completed" else None
-        with contextlib.suppress(Exception):  # the socket may be gone (a cancel on disconnect)
-            if started_part:
-                part = {"type": "audio", "transcript": None} if speech else {"type": "text", "text": generated}
-                await self.send({"type": "response.content_part.done", **place, "part": part})
-                await self.send({"type": "response.output_item.done", "response_id": response_id, "output_index": 0,
-                                 "item": answer.describe()})  # fmt: skip
-            await self.send({"type": "response.done", "response": {
-                **described, "status": status, "status_details": details,
-                "output": [answer.describe()] if started_part else [], "usage": usage,
-                "units": generated if speech else None, "timings": timings}})  # fmt: skip
-
-    async def _send_audio(self, place: dict, samples: np.ndarray, audio_format: AudioFormat) -> None:
-        if len(samples):
-            audio = base64.b64encode(encode_audio(samples, audio_format)).decode()
-            await self.send({"type": "response.output_audio.delta", **place, "delta": audio})
-
-    def _voice(self) -> str | None:
-        speakers = list(self.pipeline.vocoder.speakers or [])
-        speaker = self.pipeline.vocoder.default_speaker if self.speaker is None else self.speaker
-        return speakers[speaker] if speaker < len(speakers) else str(speaker)
-
-    def _describe(self) -> dict:
-        """The effective session, in the GA shape (OpenAI fields accepted but not acted on are left out)."""
-        session = self.config.model_dump(exclude=set(IGNORED_SESSION_FIELDS))
-        session["audio"]["input"] = {key: session["audio"]["input"][key] for key in ("format", "turn_detection")}
-        if session["audio"]["input"]["turn_detection"]:
-            session["audio"]["input"]["turn_detection"].pop("idle_timeout_ms")
-        session["audio"]["output"] = {"format": session["audio"]["output"]["format"], "voice": self._voice()}
-        return {**session, "id": self.id, "object": "realtime.session", "model": self.model}
 
 
 def _event_id_of(payload) -> str | None:
     event_id = payload.get("event_id") if isinstance(payload, dict) else None
     return event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"]) or "a message must be a JSON object"
-        parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)
 
 
 def _reason(exc: Exception) -> str:
@@ -666,27 +153,22 @@ def _reason(exc: Exception) -> str:
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket) -> None:
     """Voice chat: see docs/realtime.md for the events."""
-    app = websocket.app
-    pipeline: SpiritPipeline | None = getattr(app.state, "pipeline", None)
-    settings = app.state.settings
+    state = websocket.app.state
+    pipeline: SpiritPipeline | None = getattr(state, "pipeline", None)
+    settings, admission, metrics = state.settings, state.admission, state.metrics
     # Select our subprotocol when offered (browsers sending the key as one need an answer naming a protocol).
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     if pipeline is None or not pipeline.engine.is_healthy:
         await websocket.close(code=TRY_AGAIN_LATER, reason="the model is not loaded")
         return
-    if app.state.admission.draining:
-        await websocket.close(code=TRY_AGAIN_LATER, reason="the server is shutting down")
-        return
-    if app.state.realtime_sessions >= settings.realtime_max_sessions:
-        await websocket.close(code=TRY_AGAIN_LATER, reason=f"at most {settings.realtime_max_sessions} sessions")
-        return
-    app.state.realtime_sessions += 1
-    app.state.metrics.realtime_sessions.inc()
+    connection = RealtimeConnection(websocket, admission, settings.realtime_idle_timeout_s,
+                                    settings.realtime_max_message_bytes)  # fmt: skip
     try:
-        await RealtimeSession(websocket, pipeline, settings, app.state.admission).run()
+        with admission.realtime_session(), metrics.realtime_sessions.track_inprogress():
+            session = RealtimeSession(pipeline, settings, admission, metrics, state.vad_factory, connection.send)
+            await connection.serve(session)
+    except OverloadedError as exc:  # refused before the session opened: draining, or at the session limit
+        await websocket.close(code=TRY_AGAIN_LATER, reason=str(exc))
     except WebSocketDisconnect:
         pass
-    finally:
-        app.state.realtime_sessions -= 1
-        app.state.metrics.realtime_sessions.dec()

@@ -4,17 +4,20 @@ Every message is one JSON object with a `type`. Client events are validated here
 malformed is answered with an `error` event (never a dropped socket). Fields OpenAI defines that this server
 does not act on (tools, tracing, ...) are accepted, ignored and named in `session.updated`. Audio travels as
 base64 in the session's formats: `audio/pcm` (PCM16 LE mono, 24 kHz), `audio/pcmu` / `audio/pcma` (G.711, 8 kHz).
-The model works at 16 kHz; the server resamples. The server's event shapes follow `openai.types.realtime`.
+The model works at 16 kHz; the server resamples. The server's events are models here too, in the shapes of
+`openai.types.realtime` (the tests check them against the SDK), so a client such as `spiritserve chat` can
+parse them with `SERVER_EVENTS`.
 """
 
+import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from spiritserve.engine.engine import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from spiritserve.voices import VOICE_DESCRIPTION
 
 PROTOCOL = "spiritserve.realtime.v1"  # also the subprotocol browsers offer beside their key (admission.py)
-MODEL_SAMPLE_RATE = 16_000
 
 # OpenAI session fields accepted and ignored (not yet acted on), per level of the session object.
 IGNORED_SESSION_FIELDS = ("tools", "tool_choice", "tracing", "include", "prompt", "truncation",
@@ -115,8 +118,8 @@ class SessionConfig(_IgnoredOpenAIFields):
     max_output_tokens: TokenLimit = Field("inf", description="generated tokens per response")
     audio: AudioConfig = AudioConfig()
     # spiritserve extensions (the SDK's types tolerate extra fields)
-    temperature: float = Field(0.8, ge=0, le=2)
-    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=2)
+    top_p: float = Field(DEFAULT_TOP_P, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)  # the engine takes 64-bit seeds
     max_response_seconds: float = Field(10.0, gt=0, le=120, description="speech per response")
     # more OpenAI fields accepted and ignored
@@ -260,9 +263,292 @@ def ignored_fields(update: dict) -> list[str]:
     return names
 
 
-def error_event(code: str, message: str, event_id: str | None = None, param: str | None = None) -> dict:
-    return {
-        "type": "error",
-        "error": {"type": "invalid_request_error", "code": code, "message": message, "event_id": event_id,
-                  "param": param},
-    }  # fmt: skip
+def new_id(prefix: str) -> str:
+    """An id in OpenAI's shape (`sess_…`, `item_…`, `resp_…`, `event_…`)."""
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+class RealtimeError(Exception):
+    """A client event that cannot be applied: answered with an `error` event carrying `code` and `param`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+def describe_session(config: SessionConfig, session_id: str, model: str, voice: str | None) -> dict[str, Any]:
+    """The effective session, in the GA shape (OpenAI fields accepted but not acted on are left out)."""
+    session = config.model_dump(exclude=set(IGNORED_SESSION_FIELDS))
+    session["audio"]["input"] = {key: session["audio"]["input"][key] for key in ("format", "turn_detection")}
+    if session["audio"]["input"]["turn_detection"]:
+        session["audio"]["input"]["turn_detection"].pop("idle_timeout_ms")
+    session["audio"]["output"] = {"format": session["audio"]["output"]["format"], "voice": voice}
+    return {**session, "id": session_id, "object": "realtime.session", "model": model}
+
+
+# Server events. Every field is sent, nulls included: the SDK's types require several of them.
+
+
+class AudioPart(_Strict):
+    """Audio content. Spirit LM speaks units, not words: an answer has no transcript (a client's audio keeps the
+    transcript it was sent with)."""
+
+    type: Literal["input_audio", "output_audio", "audio"]
+    transcript: str | None = None
+
+
+class TextPart(_Strict):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+ContentPart = Annotated[AudioPart | TextPart, Field(discriminator="type")]
+
+
+class Item(_Strict):
+    """A conversation item as the client sees it (audio data left out)."""
+
+    id: str
+    object: Literal["realtime.item"] = "realtime.item"
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "assistant"]
+    status: Literal["completed", "incomplete", "in_progress"]
+    content: list[ContentPart]
+
+
+class ResponseAudioOutput(_Strict):
+    format: AudioFormat
+    voice: str | None
+
+
+class ResponseAudio(_Strict):
+    output: ResponseAudioOutput
+
+
+class ResponseError(_Strict):
+    type: Literal["server_error"] = "server_error"
+    code: str
+    message: str
+
+
+class StatusDetails(_Strict):
+    type: Literal["cancelled", "failed"]
+    reason: str | None
+    error: ResponseError | None
+
+
+class InputTokenDetails(_Strict):
+    audio_tokens: int = 0
+    text_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class OutputTokenDetails(_Strict):
+    audio_tokens: int
+    text_tokens: int
+
+
+class Usage(_Strict):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_token_details: InputTokenDetails = InputTokenDetails()
+    output_token_details: OutputTokenDetails
+    output_audio_seconds: float  # a spiritserve extension
+
+
+class Timings(_Strict):
+    """A spiritserve extension: seconds from the response's start to its first delta, and to its end."""
+
+    first_delta_s: float | None
+    total_s: float
+
+
+class ResponseObject(_Strict):
+    """A response as `response.created` describes it."""
+
+    id: str
+    object: Literal["realtime.response"] = "realtime.response"
+    output_modalities: list[Literal["audio", "text"]]
+    max_output_tokens: TokenLimit
+    metadata: dict[str, str] | None
+    conversation_id: str | None
+    audio: ResponseAudio
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    output: list[Item]
+
+
+class FinishedResponse(ResponseObject):
+    """A response as `response.done` describes it; `units` and `timings` are spiritserve extensions."""
+
+    status_details: StatusDetails | None
+    usage: Usage
+    units: str | None  # a spoken answer's unit string
+    timings: Timings
+
+
+class _ServerEvent(_Strict):
+    event_id: str = Field(default_factory=lambda: new_id("event"))
+    type: str
+
+
+class SessionCreated(_ServerEvent):
+    type: Literal["session.created"] = "session.created"
+    protocol: str = PROTOCOL
+    session: dict[str, Any]
+
+
+class SessionUpdated(_ServerEvent):
+    type: Literal["session.updated"] = "session.updated"
+    session: dict[str, Any]
+    ignored_fields: list[str]  # OpenAI fields accepted and not acted on
+
+
+class InputAudioBufferCleared(_ServerEvent):
+    type: Literal["input_audio_buffer.cleared"] = "input_audio_buffer.cleared"
+
+
+class SpeechStarted(_ServerEvent):
+    type: Literal["input_audio_buffer.speech_started"] = "input_audio_buffer.speech_started"
+    audio_start_ms: int
+    item_id: str
+
+
+class SpeechStopped(_ServerEvent):
+    type: Literal["input_audio_buffer.speech_stopped"] = "input_audio_buffer.speech_stopped"
+    audio_end_ms: int
+    item_id: str
+
+
+class InputAudioBufferCommitted(_ServerEvent):
+    type: Literal["input_audio_buffer.committed"] = "input_audio_buffer.committed"
+    item_id: str
+    previous_item_id: str | None
+
+
+class ConversationItemAdded(_ServerEvent):
+    type: Literal["conversation.item.added"] = "conversation.item.added"
+    item: Item
+    previous_item_id: str | None
+
+
+class ConversationItemDone(_ServerEvent):
+    type: Literal["conversation.item.done"] = "conversation.item.done"
+    item: Item
+    previous_item_id: str | None
+
+
+class ConversationItemDeleted(_ServerEvent):
+    type: Literal["conversation.item.deleted"] = "conversation.item.deleted"
+    item_id: str
+
+
+class ConversationItemRetrieved(_ServerEvent):
+    type: Literal["conversation.item.retrieved"] = "conversation.item.retrieved"
+    item: Item
+
+
+class ConversationItemTruncated(_ServerEvent):
+    type: Literal["conversation.item.truncated"] = "conversation.item.truncated"
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+class ResponseCreated(_ServerEvent):
+    type: Literal["response.created"] = "response.created"
+    response: ResponseObject
+
+
+class ResponseOutputItemAdded(_ServerEvent):
+    type: Literal["response.output_item.added"] = "response.output_item.added"
+    response_id: str
+    output_index: int
+    item: Item
+
+
+class ResponseOutputItemDone(_ServerEvent):
+    type: Literal["response.output_item.done"] = "response.output_item.done"
+    response_id: str
+    output_index: int
+    item: Item
+
+
+class _ContentEvent(_ServerEvent):
+    """An event about one content part of a response's output item."""
+
+    response_id: str
+    item_id: str
+    output_index: int
+    content_index: int
+
+
+class ResponseContentPartAdded(_ContentEvent):
+    type: Literal["response.content_part.added"] = "response.content_part.added"
+    part: ContentPart
+
+
+class ResponseContentPartDone(_ContentEvent):
+    type: Literal["response.content_part.done"] = "response.content_part.done"
+    part: ContentPart
+
+
+class ResponseOutputAudioDelta(_ContentEvent):
+    type: Literal["response.output_audio.delta"] = "response.output_audio.delta"
+    delta: str  # base64 audio in the session's output format
+
+
+class ResponseOutputAudioDone(_ContentEvent):
+    type: Literal["response.output_audio.done"] = "response.output_audio.done"
+
+
+class ResponseOutputTextDelta(_ContentEvent):
+    type: Literal["response.output_text.delta"] = "response.output_text.delta"
+    delta: str
+
+
+class ResponseOutputTextDone(_ContentEvent):
+    type: Literal["response.output_text.done"] = "response.output_text.done"
+    text: str
+
+
+class ResponseDone(_ServerEvent):
+    type: Literal["response.done"] = "response.done"
+    response: FinishedResponse
+
+
+class ErrorDetail(_Strict):
+    type: Literal["invalid_request_error"] = "invalid_request_error"
+    code: str
+    message: str
+    event_id: str | None  # the client event at fault
+    param: str | None  # the field at fault
+
+
+class ErrorEvent(_ServerEvent):
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+ServerEvent = Annotated[
+    SessionCreated | SessionUpdated | InputAudioBufferCleared | SpeechStarted | SpeechStopped
+    | InputAudioBufferCommitted | ConversationItemAdded | ConversationItemDone | ConversationItemDeleted
+    | ConversationItemRetrieved | ConversationItemTruncated | ResponseCreated | ResponseOutputItemAdded
+    | ResponseOutputItemDone | ResponseContentPartAdded | ResponseContentPartDone | ResponseOutputAudioDelta
+    | ResponseOutputAudioDone | ResponseOutputTextDelta | ResponseOutputTextDone | ResponseDone | ErrorEvent,
+    Field(discriminator="type"),
+]  # fmt: skip
+SERVER_EVENTS = TypeAdapter(ServerEvent)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line: each bad field's location and what is wrong with it."""
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "a message must be a JSON object"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def error_event(code: str, message: str, event_id: str | None = None, param: str | None = None) -> ErrorEvent:
+    return ErrorEvent(error=ErrorDetail(code=code, message=message, event_id=event_id, param=param))

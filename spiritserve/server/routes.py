@@ -11,6 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from spiritserve.audio import (
+    PCM_MEDIA_TYPE,
+    SAMPLE_RATE,
+    decode_audio,
+    encode_pcm16,
+    encode_wav,
+    streaming_wav_header,
+)
 from spiritserve.errors import (
     AudioTooLongError,
     BadAudioError,
@@ -19,14 +27,6 @@ from spiritserve.errors import (
     UnsupportedMediaTypeError,
 )
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
-from spiritserve.server.audio_io import (
-    PCM_MEDIA_TYPE,
-    SAMPLE_RATE,
-    decode_audio,
-    encode_pcm16,
-    encode_wav,
-    streaming_wav_header,
-)
 from spiritserve.server.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -60,7 +60,6 @@ ERROR_DESCRIPTIONS = {
     429: "more requests per minute than allowed",
     500: "a failure inside the server",
     503: "overloaded, shutting down, or the model is not loaded",
-    504: "the generation timed out",
 }
 
 
@@ -81,7 +80,7 @@ def error_responses(
 # Every route can be refused by the access middleware (401, 429) or fail inside the server (500); routes with
 # a body can also get 400 (unparsable), 408 (too slow), 413 (too large) and 422 (invalid).
 ANY_ROUTE_ERRORS = error_responses(401, 429, 500)
-MODEL_ROUTE_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 429, 500, 503, 504)
+MODEL_ROUTE_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 429, 500, 503)
 # Content types that may carry audio: browsers and curl label uploads loosely, so the decoder has the last word.
 _AUDIO_CONTENT_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
 

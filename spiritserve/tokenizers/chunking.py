@@ -1,20 +1,21 @@
-"""Shared by the three speech encoders: check waveforms, cut them into the reference's 100 s chunks, and
-group chunks into padded batches.
+"""The encode skeleton the three speech encoders share: check waveforms, cut them into the reference's 100 s
+chunks, group chunks into batches, encode each batch, join the units per waveform.
 
 The reference encodes each 100 s chunk independently (no overlap) and drops chunks shorter than 80 ms,
 so a clip under 80 ms gives no units at all (spiritlm-compat.md §8.1); every stream does the same, which
 keeps HuBERT, pitch and style aligned in time.
 """
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
+from spiritserve.audio import MIN_SAMPLES, SAMPLE_RATE
 from spiritserve.errors import BadAudioError
 
-SAMPLE_RATE = 16_000
-MAX_CHUNK_SAMPLES = 1_600_000  # 100 s; longer audio is cut into independent chunks, no overlap
-MIN_CHUNK_SAMPLES = 1_280  # 80 ms; shorter chunks (including a short tail) give no units, as in the reference
+MAX_CHUNK_SAMPLES = 100 * SAMPLE_RATE  # 100 s; longer audio is cut into independent chunks, no overlap
 
 
 def split_into_chunks(waveforms: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
@@ -31,7 +32,7 @@ def split_into_chunks(waveforms: list[np.ndarray]) -> list[tuple[int, np.ndarray
         waveform = waveform.astype(np.float32, copy=False)
         for start in range(0, len(waveform), MAX_CHUNK_SAMPLES):
             chunk = waveform[start : start + MAX_CHUNK_SAMPLES]
-            if len(chunk) >= MIN_CHUNK_SAMPLES:
+            if len(chunk) >= MIN_SAMPLES:  # shorter chunks (a short tail too) give no units, as in the reference
                 chunks.append((index, chunk))
     return chunks
 
@@ -49,9 +50,46 @@ def padded_batches(lengths: list[int], max_batch_samples: int) -> Iterator[list[
             batch = []
 
 
-def join_chunks(chunks: list[tuple[int, np.ndarray]], chunk_units: list[list[int]], count: int) -> list[list[int]]:
-    """Concatenate per-chunk units back into one list per waveform."""
-    units: list[list[int]] = [[] for _ in range(count)]
-    for (index, _), chunk_result in zip(chunks, chunk_units, strict=True):
-        units[index].extend(chunk_result)
-    return units
+def same_length_batches(lengths: list[int], max_batch_samples: int) -> Iterator[list[int]]:
+    """Indices grouped so that only chunks of one length share a forward (no padding at all), each batch at most
+    `max_batch_samples` samples; a single long chunk is its own batch."""
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    for length, indices in by_length.items():
+        batch_size = max(1, max_batch_samples // length)
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]
+
+
+class ChunkedEncoder(ABC):
+    """A speech encoder run on the reference's chunks: a subclass says how one batch of chunks becomes units
+    (`encode_batch`) and which chunks may share a batch (`batches`); `encode` is the same for all three."""
+
+    def __init__(self, device: str, max_batch_samples: int) -> None:
+        self.max_batch_samples = max_batch_samples  # padded samples per forward, bounds activation memory
+        self._device = torch.device(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def batches(self, lengths: list[int]) -> Iterator[list[int]]:
+        """Chunk indices per forward: by default sorted by length and right-padded (`padded_batches`)."""
+        return padded_batches(lengths, self.max_batch_samples)
+
+    @abstractmethod
+    def encode_batch(self, chunks: list[np.ndarray]) -> list[list[int]]:
+        """Float32 chunks (each 80 ms to 100 s, read-only) -> units per chunk."""
+
+    def encode(self, waveforms: list[np.ndarray]) -> list[list[int]]:
+        """16 kHz mono float waveforms -> one list of units per waveform, undeduplicated (empty under 80 ms)."""
+        chunks = split_into_chunks(waveforms)
+        chunk_units: dict[int, list[int]] = {}
+        with torch.inference_mode():
+            for batch in self.batches([len(chunk) for _, chunk in chunks]):
+                chunk_units.update(zip(batch, self.encode_batch([chunks[i][1] for i in batch]), strict=True))
+        units: list[list[int]] = [[] for _ in waveforms]
+        for chunk_index, (index, _) in enumerate(chunks):  # in time order per waveform
+            units[index].extend(chunk_units[chunk_index])
+        return units

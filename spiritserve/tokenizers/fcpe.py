@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spiritserve.audio import SAMPLE_RATE
 from spiritserve.errors import BadAudioError, CheckpointError
 from spiritserve.weights import (
     check_unknown_keys,
@@ -33,7 +34,6 @@ from spiritserve.weights import (
 )
 
 BUNDLED_ASSET = ("assets", "fcpe_c_v001.pt")  # inside the installed torchfcpe package
-SAMPLE_RATE = 16_000
 
 # Spirit LM's call (FCPEF0Extractor): hop 80 -> 200 Hz output, and these decoding parameters.
 HOP_LENGTH = 80

@@ -20,7 +20,7 @@ import yaml
 from torch import Tensor, nn
 
 from spiritserve.errors import CheckpointError
-from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, padded_batches, split_into_chunks
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, ChunkedEncoder
 from spiritserve.tokenizers.fcpe import F0Extractor
 from spiritserve.weights import check_unknown_keys, load_state_dict_strict, require_keys
 
@@ -403,16 +403,16 @@ def read_vqvae_checkpoint(path: Path) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
-class PitchTokenizer:
-    """FCPE + VQ-VAE in fp32 on one device. ``encode`` is synchronous; call it from a worker thread."""
+class PitchTokenizer(ChunkedEncoder):
+    """FCPE + VQ-VAE in fp32 on one device: 12.5 Hz units. ``encode`` is synchronous; call it from a worker
+    thread."""
 
     def __init__(
         self, f0_extractor: F0Extractor, vqvae: VQVAE, device: str = "cpu", max_batch_samples: int = MAX_CHUNK_SAMPLES
     ):
+        super().__init__(device, max_batch_samples)  # the bound applies to FCPE's padded forwards
         self.f0_extractor = f0_extractor
         self.vqvae = vqvae.to(device=device, dtype=torch.float32).eval()
-        self.max_batch_samples = max_batch_samples  # padded samples per FCPE forward, bounds activation memory
-        self._device = torch.device(device)
 
     @classmethod
     def from_dir(cls, vqvae_dir: Path, device: str = "cpu", fcpe_path: Path | None = None) -> "PitchTokenizer":
@@ -432,66 +432,11 @@ class PitchTokenizer:
     def codebook_size(self) -> int:
         return self.vqvae.config.codebook_size
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def encode(self, waveforms: list[np.ndarray]) -> list[list[int]]:
-        """16 kHz mono float waveforms -> one list of pitch units per waveform (12.5 Hz, undeduplicated)."""
-        # torch.tensor copies: the caller's arrays may be read-only.
-        chunks = [(index, torch.tensor(chunk)) for index, chunk in split_into_chunks(waveforms)]
-
-        # FCPE on batches of chunks of similar length (sorted), up to max_batch_samples padded samples each.
-        tracks: dict[int, tuple[Tensor, Tensor]] = {}  # chunk index -> (F0, voicing) at 200 Hz
-        for batch in padded_batches([len(chunk) for _, chunk in chunks], self.max_batch_samples):
-            for done, track in zip(batch, self.f0_extractor([chunks[i][1] for i in batch]), strict=True):
-                tracks[done] = track
-
-        units_per_waveform: list[list[int]] = [[] for _ in waveforms]
-        with torch.inference_mode():
-            for chunk_index, (index, _) in enumerate(chunks):
-                f0, voicing = tracks[chunk_index]
-                features = vqvae_input(f0, voicing, self.vqvae.config.normalize_f0)  # (2, T) at 200 Hz
-                codes = self.vqvae.encode(features[None].to(self._device))  # (1, T // 16)
-                units_per_waveform[index].extend(codes[0].tolist())
-        return units_per_waveform
-
-
-def write_tiny_pitch_tokenizer(vqvae_dir: Path, seed: int = 0) -> None:
-    """Write ``config.yaml`` and ``model.pt`` in the official format (same keys and key names) with tiny widths.
-
-    Same 16x downsampling and 64 codes. Weights are seeded random; the codebook is 64 encoder outputs of
-    random pitch contours, so real F0 maps onto many different codes.
-    """
-    generator = torch.Generator().manual_seed(seed)
-
-    def conv_params() -> dict[str, Any]:  # a fresh dict per use, so the YAML has no anchors
-        return {
-            "input_emb_width": 2, "output_emb_width": 8, "levels": 1, "downs_t": [4], "strides_t": [2], "width": 8,
-            "depth": 2, "m_conv": 1.0, "dilation_growth_rate": 3,
-        }  # fmt: skip
-
-    config = {
-        "encoder_params": conv_params(),
-        "vq_params": {"l_bins": 64, "emb_width": 8, "mu": 0.99, "levels": 1},
-        "decoder_params": conv_params(),
-        "features": "norm_f0_interp,vuv",
-        "speaker_norm": False,
-    }
-    vqvae_dir.mkdir(parents=True, exist_ok=True)
-    (vqvae_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-
-    vqvae = VQVAE(VQVAEConfig.from_yaml(vqvae_dir / CONFIG_FILE))
-    with torch.no_grad():
-        for name, tensor in vqvae.named_parameters():
-            fan_in = tensor[0].numel() if name.endswith("weight") else 1
-            scale = 0.1 if name.endswith("bias") else 1.0 / fan_in**0.5
-            tensor.copy_(scale * torch.randn(tensor.shape, generator=generator))
-        # Random mean-removed, interpolated contours (tens of Hz around 0) with random voicing.
-        frames = 64 * vqvae.config.downsampling
-        f0 = 60.0 * torch.cumsum(torch.randn(16, frames, generator=generator), dim=1) / frames**0.5
-        voicing = (torch.rand(16, frames, generator=generator) > 0.3).float()
-        latents = vqvae.encoder(torch.stack([f0, voicing], dim=1)).transpose(1, 2).reshape(-1, 8)
-        picks = torch.randperm(len(latents), generator=generator)[: vqvae.config.codebook_size]
-        vqvae.vq.level_blocks[0].k.copy_(latents[picks])
-    torch.save({"model": vqvae.state_dict()}, vqvae_dir / MODEL_FILE)
+    def encode_batch(self, chunks: list[np.ndarray]) -> list[list[int]]:
+        """Chunks -> pitch units per chunk: FCPE in one padded forward, then the VQ-VAE one chunk at a time."""
+        tracks = self.f0_extractor([torch.tensor(chunk) for chunk in chunks])  # copies: chunks may be read-only
+        units = []
+        for f0, voicing in tracks:  # (F0, voicing) at 200 Hz
+            features = vqvae_input(f0, voicing, self.vqvae.config.normalize_f0)  # (2, T)
+            units.append(self.vqvae.encode(features[None].to(self.device))[0].tolist())  # (1, T // 16)
+        return units

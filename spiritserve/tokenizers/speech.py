@@ -5,11 +5,11 @@ One small interface over the three encoders so the pipeline never branches on th
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from spiritserve.checkpoints import SpiritCheckpoint
 from spiritserve.tokenizers.phonetic import PhoneticTokenizer
 from spiritserve.tokenizers.pitch import PitchTokenizer
 from spiritserve.tokenizers.style import StyleTokenizer
@@ -53,18 +53,21 @@ class SpeechTokenizer:
         self.compute_dtype = compute_dtype
 
     @classmethod
-    def from_checkpoint(
-        cls, checkpoint: SpiritCheckpoint, device: str, compute_dtype: torch.dtype = torch.float32
+    def from_dirs(
+        cls,
+        hubert_dir: Path,
+        pitch_dir: Path | None = None,
+        style_dir: Path | None = None,
+        device: str = "cpu",
+        compute_dtype: torch.dtype = torch.float32,
     ) -> "SpeechTokenizer":
-        phonetic = PhoneticTokenizer.from_dir(checkpoint.hubert_dir, device)
-        if checkpoint.pitch_dir is None or checkpoint.style_dir is None:
+        """Load the encoders from their folders (a `SpiritCheckpoint` names them); pitch and style for the
+        expressive variant only."""
+        phonetic = PhoneticTokenizer.from_dir(hubert_dir, device)
+        if pitch_dir is None or style_dir is None:
             return cls(phonetic, compute_dtype=compute_dtype)
-        return cls(
-            phonetic,
-            PitchTokenizer.from_dir(checkpoint.pitch_dir, device),
-            StyleTokenizer.from_dir(checkpoint.style_dir, device),
-            compute_dtype,
-        )
+        pitch = PitchTokenizer.from_dir(pitch_dir, device)
+        return cls(phonetic, pitch, StyleTokenizer.from_dir(style_dir, device), compute_dtype)
 
     @property
     def is_expressive(self) -> bool:

@@ -9,6 +9,7 @@ names, so the official state dict loads strictly.
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from transformers.models.wav2vec2.configuration_wav2vec2 import Wav2Vec2Config
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model
 
 from spiritserve.errors import CheckpointError
-from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, SAMPLE_RATE, join_chunks, split_into_chunks
+from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES, ChunkedEncoder, same_length_batches
 from spiritserve.weights import fold_weight_norm, load_state_dict_strict, read_checkpoint
 
 CONFIG_FILE = "config.json"
@@ -158,13 +159,13 @@ def normalize(waveform: np.ndarray) -> np.ndarray:
     return (waveform - waveform.mean()) / np.sqrt(waveform.var() + NORMALIZE_EPSILON)
 
 
-class StyleTokenizer:
-    """wav2vec2 style encoder in fp32 on one device. ``encode`` is synchronous; call it from a worker thread."""
+class StyleTokenizer(ChunkedEncoder):
+    """wav2vec2 style encoder in fp32 on one device: 1 Hz tokens. ``encode`` is synchronous; call it from a worker
+    thread."""
 
     def __init__(self, model: StyleModel, device: str = "cpu", max_batch_samples: int = MAX_CHUNK_SAMPLES):
+        super().__init__(device, max_batch_samples)
         self.model = fold_weight_norm(model).to(device=device, dtype=torch.float32).eval()
-        self.max_batch_samples = max_batch_samples  # samples per forward, bounds activation memory
-        self._device = torch.device(device)
 
     @classmethod
     def from_dir(cls, style_dir: Path, device: str = "cpu") -> "StyleTokenizer":
@@ -180,96 +181,14 @@ class StyleTokenizer:
         """Style vocabulary size: the classifier's labels (100 expected for the official model)."""
         return self.model.config.num_labels
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
+    def batches(self, lengths: list[int]) -> Iterator[list[int]]:
+        """Only chunks of equal length share a forward: the first conv block's GroupNorm normalises over time, so
+        zero padding would change every frame of a shorter chunk (wav2vec2-base style models take no attention
+        mask there)."""
+        return same_length_batches(lengths, self.max_batch_samples)
 
-    def encode(self, waveforms: list[np.ndarray]) -> list[list[int]]:
-        """16 kHz mono float waveforms -> one list of style tokens per waveform (1 Hz, undeduplicated)."""
-        chunks = [(index, normalize(chunk)) for index, chunk in split_into_chunks(waveforms)]
-
-        # Only chunks of equal length share a forward: the first conv block's GroupNorm normalises over
-        # time, so zero padding would change every frame of a shorter chunk (wav2vec2-base style models
-        # take no attention mask there).
-        by_length: dict[int, list[int]] = {}
-        for chunk_index, (_, chunk) in enumerate(chunks):
-            by_length.setdefault(len(chunk), []).append(chunk_index)
-        chunk_tokens: list[list[int]] = [[] for _ in chunks]
-        with torch.inference_mode():
-            for length, indices in by_length.items():
-                batch_size = max(1, self.max_batch_samples // length)
-                for start in range(0, len(indices), batch_size):
-                    batch = indices[start : start + batch_size]
-                    tokens = self._encode_batch(np.stack([chunks[i][1] for i in batch]))
-                    for chunk_index, chunk_token_list in zip(batch, tokens, strict=True):
-                        chunk_tokens[chunk_index] = chunk_token_list
-
-        return join_chunks(chunks, chunk_tokens, len(waveforms))
-
-    def _encode_batch(self, chunks: np.ndarray) -> list[list[int]]:
-        """Normalised chunks of one length (B, samples) -> style tokens per chunk, one forward."""
-        logits = self.model(torch.from_numpy(chunks).to(self._device))  # (B, windows, num_labels)
+    def encode_batch(self, chunks: list[np.ndarray]) -> list[list[int]]:
+        """Chunks of one length -> style tokens per chunk, each chunk normalised, in one forward."""
+        normalised = np.stack([normalize(chunk) for chunk in chunks])  # (B, samples)
+        logits = self.model(torch.from_numpy(normalised).to(self.device))  # (B, windows, num_labels)
         return logits.argmax(dim=-1).tolist()
-
-
-def write_tiny_style_tokenizer(style_dir: Path, seed: int = 0) -> None:
-    """Write ``config.json`` and ``pytorch_model.bin`` as transformers 4.x writes them, with tiny random weights.
-
-    The standard 7-block conv extractor (20 ms frames) and 100 labels; narrow widths, 2 layers. The pos_conv
-    weight norm is stored under the legacy ``weight_g``/``weight_v`` names.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    num_labels = 100
-    config = {
-        "_name_or_path": "facebook/wav2vec2-base", "activation_dropout": 0.0, "adapter_attn_dim": None,
-        "adapter_kernel_size": 3, "adapter_stride": 2, "add_adapter": False, "apply_spec_augment": True,
-        "architectures": ["Wav2Vec2ForSequenceClassification"], "attention_dropout": 0.1, "bos_token_id": 1,
-        "classifier_proj_size": 16, "codevector_dim": 256, "contrastive_logits_temperature": 0.1,
-        "conv_bias": False, "conv_dim": [16] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-        "conv_stride": [5, 2, 2, 2, 2, 2, 2], "ctc_loss_reduction": "sum", "ctc_zero_infinity": False,
-        "diversity_loss_weight": 0.1, "do_stable_layer_norm": False, "eos_token_id": 2,
-        "feat_extract_activation": "gelu", "feat_extract_dropout": 0.0, "feat_extract_norm": "group",
-        "feat_proj_dropout": 0.1, "feat_quantizer_dropout": 0.0, "final_dropout": 0.0,
-        "freeze_feat_extract_train": True, "hidden_act": "gelu", "hidden_dropout": 0.1, "hidden_size": 32,
-        "id2label": {str(label): f"LABEL_{label}" for label in range(num_labels)}, "initializer_range": 0.02,
-        "intermediate_size": 64, "label2id": {f"LABEL_{label}": label for label in range(num_labels)},
-        "layer_norm_eps": 1e-05, "layerdrop": 0.0, "mask_channel_length": 10, "mask_channel_min_space": 1,
-        "mask_channel_other": 0.0, "mask_channel_prob": 0.0, "mask_channel_selection": "static",
-        "mask_feature_length": 10, "mask_feature_min_masks": 0, "mask_feature_prob": 0.0,
-        "mask_time_length": 10, "mask_time_min_masks": 2, "mask_time_min_space": 1, "mask_time_other": 0.0,
-        "mask_time_prob": 0.05, "mask_time_selection": "static", "model_type": "wav2vec2",
-        "no_mask_channel_overlap": False, "no_mask_time_overlap": False, "num_adapter_layers": 3,
-        "num_attention_heads": 2, "num_codevector_groups": 2, "num_codevectors_per_group": 320,
-        "num_conv_pos_embedding_groups": 4, "num_conv_pos_embeddings": 16, "num_feat_extract_layers": 7,
-        "num_hidden_layers": 2, "num_negatives": 100, "output_hidden_size": 32, "pad_token_id": 0,
-        "proj_codevector_dim": 256, "tdnn_dilation": [1, 2, 3, 1, 1], "tdnn_dim": [512, 512, 512, 512, 1500],
-        "tdnn_kernel": [5, 3, 3, 1, 1], "torch_dtype": "float32", "transformers_version": "4.45.2",
-        "use_weighted_layer_sum": False, "vocab_size": 32, "xvector_output_dim": 512,
-    }  # fmt: skip
-
-    def random_like(name: str, shape: torch.Size) -> Tensor:
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) >= 2:  # matrices and conv kernels: unit-variance outputs
-            # Damped residual branches keep the random post-LN layers from averaging all frames into one.
-            damping = 0.1 if name.endswith(("out_proj.weight", "output_dense.weight")) else 1.0
-            return damping * noise / math.sqrt(math.prod(shape[1:]))
-        if name.endswith("bias"):
-            return 0.1 * noise
-        return 1.0 + 0.1 * noise  # norm scales, masked_spec_embed
-
-    model = StyleModel(StyleConfig.from_dict(config, style_dir / CONFIG_FILE)).eval()
-    weights = {name: random_like(name, tensor.shape) for name, tensor in model.state_dict().items()}
-    weight_g, weight_v = (POS_CONV_PREFIX + LEGACY_WEIGHT_NORM_NAMES[name] for name in ("weight_g", "weight_v"))
-    weights[weight_g] = weights[weight_v].norm(dim=(0, 1), keepdim=True)  # as weight_norm initialises it
-    # Centre the projector on noise: otherwise the frames' common component decides every argmax and all
-    # seconds get the same token.
-    model.load_state_dict(weights)
-    with torch.no_grad():
-        noise = torch.randn(1, 2 * SAMPLE_RATE, generator=generator)
-        weights["projector.bias"] -= model.projector(model.wav2vec2(noise).last_hidden_state[0]).mean(dim=0)
-    legacy_names = {POS_CONV_PREFIX + new: POS_CONV_PREFIX + old for old, new in LEGACY_WEIGHT_NORM_NAMES.items()}
-
-    style_dir.mkdir(parents=True, exist_ok=True)
-    (style_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    legacy_weights = {legacy_names.get(name, name): tensor for name, tensor in weights.items()}
-    torch.save(legacy_weights, style_dir / "pytorch_model.bin")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spiritserve.audio import SAMPLE_RATE
 from spiritserve.errors import CheckpointError
 from spiritserve.weights import check_unknown_keys, legacy_weight_norm
 
@@ -62,7 +63,7 @@ class HifiGanConfig:
     resblock_dilation_sizes: tuple[tuple[int, ...], ...]
     code_hop_size: int  # samples per unit frame: 640 for 25 Hz units at 16 kHz
     resblock: str = "1"
-    sampling_rate: int = 16000
+    sampling_rate: int = SAMPLE_RATE
     multispkr: bool = False  # training configs store a truthy string such as "from_input_file"
     num_speakers: int = 200
     multistyle: bool = False

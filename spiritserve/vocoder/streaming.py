@@ -1,13 +1,15 @@
 """Streaming vocoding: units arrive a few at a time, audio leaves in chunks that join into the offline waveform.
 
-One ``StreamingDecoder`` per stream (request); it is synchronous and meant for the speech worker's thread.
+One ``StreamingDecoder`` per stream (request), opened by ``UnitVocoder.open_stream``; it is synchronous and meant
+for the speech worker's thread.
 ``push(units)`` returns the audio that is final so far (often empty), ``finish()`` flushes the rest. The
 concatenation of everything returned equals ``UnitVocoder.decode`` of the same units (same speaker, style,
 pitch and style units) up to float rounding, and has exactly ``sum(durations) × hop`` samples.
 
 Many streams at once: ``push`` is ``feed`` (durations and generator input, cheap) then ``emit`` (the generator
 forward). ``vocode_streams`` does the ``emit`` of several streams with their windows sharing forwards
-(``windows.generate_windows``), equal to emitting each alone; the server's streaming micro-batcher calls it.
+(``windows.generate_windows``), equal to emitting each alone; the server's streaming micro-batcher calls it
+through ``UnitVocoder.emit_streams``.
 
 Why the seams are exact
 -----------------------
@@ -53,13 +55,16 @@ Pitch and style units (expressive vocoder) come one per unit, aligned with the u
 brought to one per unit by the caller (``repeat_to_length``), with ``predict_durations=False``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from spiritserve.vocoder.base import UnitVocoder
 from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
+
+if TYPE_CHECKING:  # base builds the streams (``UnitVocoder.open_stream``), so it imports this module
+    from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
 # A unit's duration depends on this many units either side (two kernel-3 convs in the duration predictor).
 DURATION_CONTEXT_UNITS = 2
@@ -81,8 +86,8 @@ def _raised_cosine(length: int) -> np.ndarray:
 class StreamingDecoder:
     """Incremental ``UnitVocoder.decode`` for one stream: ``push`` units as they come, then ``finish``.
 
-    speaker, style: as for ``UnitVocoder.decode`` (style None: the vocoder's default global style).
-    predict_durations: False vocodes every unit as one frame (raw 25 Hz units).
+    Opened by ``UnitVocoder.open_stream``, which validates ``request``: speaker, style and predict_durations
+    (False vocodes every unit as one frame, raw 25 Hz units) as for ``decode``; its units are ignored.
     first_chunk_units / chunk_units / max_chunk_units: a chunk is generated once this many units have committed
     durations and are past the lookahead: ``first_chunk_units`` for the first chunk, ``chunk_units`` for the
     second, then twice the previous size up to ``max_chunk_units``; everything ready then goes in that chunk.
@@ -92,19 +97,17 @@ class StreamingDecoder:
 
     def __init__(
         self,
-        vocoder: UnitVocoder,
-        speaker: int,
-        style: int | None = None,
+        vocoder: "UnitVocoder",
+        request: "VocodeRequest",
         *,
-        predict_durations: bool = True,
         first_chunk_units: int = DEFAULT_FIRST_CHUNK_UNITS,
         chunk_units: int = DEFAULT_CHUNK_UNITS,
         max_chunk_units: int = DEFAULT_MAX_CHUNK_UNITS,
         lookahead_frames: int | None = None,
         crossfade_samples: int = DEFAULT_CROSSFADE_SAMPLES,
     ):
-        vocoder._check_request([], speaker, style)
         model = vocoder.model
+        predict_durations = request.predict_durations
         if predict_durations and model.dur_predictor is None:
             raise ValueError("this vocoder has no duration predictor; use predict_durations=False")
         if first_chunk_units < 1 or chunk_units < 1 or max_chunk_units < chunk_units:
@@ -121,6 +124,7 @@ class StreamingDecoder:
             raise ValueError(f"crossfade_samples must be in 0..{vocoder.hop}, got {crossfade_samples}")
 
         self.vocoder = vocoder
+        self._request = request
         self.predict_durations = predict_durations
         self.first_chunk_units = first_chunk_units
         self.chunk_units = chunk_units
@@ -132,9 +136,8 @@ class StreamingDecoder:
         self._needs_pitch = model.f0_dict is not None
         self._needs_style_units = model.style_dict is not None
         device = vocoder.device
-        self._speaker = torch.tensor([speaker], dtype=torch.long, device=device)  # (1,)
-        style = vocoder.default_style if style is None else style
-        self._style = None if style is None else torch.tensor([style], dtype=torch.long, device=device)
+        self._speaker = torch.tensor([request.speaker], dtype=torch.long, device=device)  # (1,)
+        self._style = None if request.style is None else torch.tensor([request.style], dtype=torch.long, device=device)
         self._fade_in = _raised_cosine(crossfade_samples)
 
         # Units whose durations are not committed yet, after up to DURATION_CONTEXT_UNITS committed ones.
@@ -305,10 +308,8 @@ class StreamingDecoder:
         return self._frames_committed if self._closing else self._frames_committed - self.lookahead_frames
 
     def _append(self, units: list[int], pitch: list[int] | None, style_units: list[int] | None) -> None:
-        vocoder = self.vocoder
-        units = vocoder._check_request(units, int(self._speaker), None)
-        pitch = vocoder._check_stream(pitch, vocoder.num_pitch_units, "pitch")
-        style_units = vocoder._check_stream(style_units, vocoder.num_style_units, "style_units")
+        checked = self.vocoder.validate(replace(self._request, units=units, pitch=pitch, style_units=style_units))
+        units, pitch, style_units = checked.units, checked.pitch, checked.style_units
         for name, values, needed in (
             ("pitch", pitch, self._needs_pitch),
             ("style_units", style_units, self._needs_style_units),

@@ -26,9 +26,9 @@ from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
 MAX_PADDING_RATIO = 1.5
 # Input frames (rows × width) one generator forward takes at most, by device type. The official 25 Hz vocoder's
 # widest activations hold 10 240 values per input frame (16 channels × 640 samples, or 32 × 320 a stage
-# before). On CPU, forwards past a few hundred frames run slower per frame, no longer in cache: bench-components,
-# 2 s items on 2 cores, 12.5× real time at 4 windows of 70 frames, 10.5× at 16, 6.8× at 64. A GPU wants wide
-# batches; at 8192 frames such an activation is ~340 MB in fp32.
+# before). On CPU, forwards past a few hundred frames run slower per frame, no longer in cache (docs/measurements.md,
+# "Small timings behind code decisions"). A GPU wants wide batches; at 8192 frames such an activation is ~340 MB
+# in fp32.
 MAX_FORWARD_FRAMES = {"cpu": 320, "cuda": 8192}
 
 

@@ -377,9 +377,11 @@ BODY_SIZE = "nginx.ingress.kubernetes.io/proxy-body-size"
 
 def test_ingress_body_limit_is_the_servers_own():
     """nginx must not answer 413 (as HTML) below the server's limit: upload x 4/3 (base64 in JSON) + 1 MiB, the
-    formula of spiritserve/server/app.py, from the same value the chart passes as SPIRITSERVE_MAX_UPLOAD_BYTES."""
-    server = (REPO / "spiritserve" / "server" / "app.py").read_text()
-    assert "max_body_bytes=settings.max_upload_bytes * 4 // 3 + 2**20" in server
+    formula of Settings.max_body_bytes (which spiritserve/server/app.py gives the body limit), from the same value
+    the chart passes as SPIRITSERVE_MAX_UPLOAD_BYTES."""
+    settings = (REPO / "spiritserve" / "settings.py").read_text()
+    assert "return self.max_upload_bytes * 4 // 3 + 2**20" in settings
+    assert "max_body_bytes=settings.max_body_bytes" in (REPO / "spiritserve" / "server" / "app.py").read_text()
     limits = []
     for upload in (None, 16 * 2**20):
         found = objects(merged(INGRESS, {"config": {"maxUploadBytes": upload}} if upload else {}))

@@ -69,7 +69,7 @@ def test_the_assets_come_from_here_with_their_types_and_policy(client):
 
 
 def test_with_api_keys_the_pages_follow_openapi_json_and_their_assets_stay_public():
-    api_keys = ApiKeys(["key"], Settings.model_fields["public_paths"].default.split(","))
+    api_keys = ApiKeys(["key"], Settings.model_fields["public_paths"].default)
     assert not api_keys.is_public("/openapi.json")
     assert not api_keys.is_public("/docs") and not api_keys.is_public("/redoc")
     assert all(api_keys.is_public(path) for path in ASSETS)

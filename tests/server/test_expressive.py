@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from spiritserve.checkpoints import VOCODER_DIRS, make_tiny_bundle
+from spiritserve.checkpoints import VOCODER_DIRS
+from spiritserve.tiny import make_tiny_bundle
 from spiritserve.tokens import parse_unit_string
-from spiritserve.vocoder.base import UnitVocoder
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 from tests.conftest import start_server
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -65,7 +66,7 @@ def test_speech_to_speech_length_matches_predicted_durations(expressive, express
     assert body["usage"]["generated_tokens"] <= 77  # 2 s × (24.99 + 12.5 + 1) tokens/s at most
     assert len(body["pitch"]) == len(body["style"]) == len(body["units"]) == len(body["durations"])
     vocoder = UnitVocoder.from_dir(expressive_bundle / VOCODER_DIRS["expressive"])
-    expected = vocoder.decode(body["units"], 2, None, True, body["pitch"], body["style"])
+    expected = vocoder.decode(VocodeRequest(body["units"], 2, None, True, body["pitch"], body["style"]))
     # the vocoder's predictions; the last two were predicted with the units a 2 s budget then cut
     assert body["durations"][:-2] == expected.durations[:-2]
     audio, rate = read_wav(base64.b64decode(body["audio_base64"]))

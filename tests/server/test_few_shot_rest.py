@@ -18,7 +18,9 @@ import openai
 import pytest
 import soundfile
 
+from spiritserve.audio import decode_audio
 from spiritserve.checkpoints import MODEL_NAMES, open_checkpoint
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.few_shot import (
     TRANSCRIPT_END,
     TRANSCRIPT_START,
@@ -29,7 +31,6 @@ from spiritserve.few_shot import (
     read_pool,
 )
 from spiritserve.pipeline import PipelineLimits, SpiritPipeline
-from spiritserve.server.audio_io import decode_audio
 from spiritserve.tokenizers.speech import SpeechTokenizer
 from spiritserve.vocoder.base import UnitVocoder
 from tests.conftest import serve_process
@@ -59,7 +60,7 @@ def expected(tiny_bundle: Path):
     checkpoint = open_checkpoint(tiny_bundle)
     stages = (
         checkpoint,
-        SpeechTokenizer.from_checkpoint(checkpoint, "cpu"),
+        SpeechTokenizer.from_dirs(checkpoint.hubert_dir),
         UnitVocoder.from_dir(checkpoint.vocoder_dir),
     )
 
@@ -74,7 +75,7 @@ def expected(tiny_bundle: Path):
             await pipeline.close()
 
     prompts, clip_units = asyncio.run(build())
-    return prompts, clip_units, checkpoint.language_model.tokenizer
+    return prompts, clip_units, SpiritTextTokenizer(checkpoint.language_model.tokenizer_path)
 
 
 def test_transcription_prompt_is_the_pool_then_the_query(sdk: openai.OpenAI, expected):

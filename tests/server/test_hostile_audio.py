@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
+from spiritserve.audio import decode_audio
 from spiritserve.errors import AudioTooLongError
-from spiritserve.server.audio_io import decode_audio
 from tests.conftest import start_server
 
 HOSTILE = Path(__file__).parent.parent / "fixtures" / "hostile"
@@ -169,7 +169,7 @@ def test_the_limit_counts_bytes_not_seconds():
 # library pages the kernel dropped meanwhile under memory pressure, would otherwise count.
 _PEAK_SCRIPT = """
 import sys
-from spiritserve.server.audio_io import decode_audio
+from spiritserve.audio import decode_audio
 sys.path.insert(0, {hostile!r})
 from make_hostile import flac_silence, soundfile_bytes, vowel
 def status(field):

@@ -11,8 +11,8 @@ import openai
 import pytest
 import soundfile
 
+from spiritserve.audio import decode_pcm16
 from spiritserve.checkpoints import MODEL_NAMES
-from spiritserve.server.audio_io import decode_pcm16
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIP = FIXTURES / "espeak_16k_mono.flac"

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from spiritserve.resample import resample
+from spiritserve.server.realtime_protocol import SERVER_EVENTS as SPIRITSERVE_EVENTS
 from tests.conftest import SERVER_MAX_REALTIME_SESSIONS, SERVER_REALTIME_IDLE_TIMEOUT_S
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -59,6 +60,7 @@ class Session:
     def receive(self, timeout: float = 60) -> dict:
         event = json.loads(self.socket.recv(timeout=timeout))
         SERVER_EVENTS.validate_python(event)  # the SDK's types, strictly: required fields and their types
+        assert SPIRITSERVE_EVENTS.validate_python(event).model_dump(mode="json") == event  # our models, exactly
         self.events.append(event)
         return event
 

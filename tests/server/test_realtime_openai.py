@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 
 from spiritserve.server import g711
-from tests.server.test_realtime import CLIP, SERVER_EVENTS, SPOKEN_ANSWER, collapsed, pcm16
+from tests.server.test_realtime import CLIP, SERVER_EVENTS, SPIRITSERVE_EVENTS, SPOKEN_ANSWER, collapsed, pcm16
 
 CLIP_PATH = Path(__file__).parent.parent / "fixtures" / "espeak_16k_mono.flac"
 MODEL = "spirit-lm-base-7b"
@@ -37,6 +37,7 @@ def events_until(connection, event_type: str, limit: int = 10_000) -> list:
     for _ in range(limit):
         raw = json.loads(connection.recv_bytes())
         SERVER_EVENTS.validate_python(raw)
+        assert SPIRITSERVE_EVENTS.validate_python(raw).model_dump(mode="json") == raw  # our models, exactly
         events.append(connection.parse_event(json.dumps(raw)))
         if events[-1].type == event_type:
             return events

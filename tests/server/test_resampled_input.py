@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from spiritserve.server.audio_io import decode_audio
+from spiritserve.audio import decode_audio
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 RESAMPLED = FIXTURES / "resample"

@@ -13,7 +13,7 @@ import soundfile
 
 from spiritserve.checkpoints import BASE_VOCODER_DIR
 from spiritserve.tokens import interleave
-from spiritserve.vocoder.base import UnitVocoder
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIPS = sorted(path for path in FIXTURES.iterdir() if path.suffix in {".wav", ".flac", ".opus", ".mp3"})
@@ -68,7 +68,7 @@ def test_max_speech_seconds_bounds_the_audio_returned(client, vocoder: UnitVocod
     assert body["tokens"] == "".join(f"[Hu{unit}]" for unit in units) and len(durations) == len(units)
     assert body["usage"]["generated_tokens"] < seconds * 25  # stopped before the token budget ran out
     # The durations used are the vocoder's predictions; the last two were predicted with the units that followed.
-    assert durations[:-2] == vocoder.decode(units, speaker=2).durations[:-2]
+    assert durations[:-2] == vocoder.decode(VocodeRequest(units, speaker=2)).durations[:-2]
     wav = client.post("/v1/speech/continue", files=upload(CLIP), data=form)  # same seed: same generation
     audio, _, _ = read_wav(wav.content)
     assert len(audio) == sum(durations) * HOP
@@ -154,7 +154,7 @@ def test_synthesize_vocodes_a_token_string(client, vocoder: UnitVocoder):
     response = client.post("/v1/synthesize", json={"tokens": "[Hu12][Hu7][Hu99][Hu7]", "speaker": 1})
     assert response.status_code == 200, response.text
     audio, rate, _ = read_wav(response.content)
-    expected = vocoder.decode([12, 7, 99, 7], speaker=1)
+    expected = vocoder.decode(VocodeRequest([12, 7, 99, 7], speaker=1))
     assert rate == 16000 and len(audio) == len(expected.audio)
     np.testing.assert_allclose(audio, expected.audio, atol=2 / 32768)  # only 16-bit quantisation differs
     raw = client.post("/v1/synthesize", json={"tokens": "[Hu12][Hu12][Hu7]", "predict_durations": False})

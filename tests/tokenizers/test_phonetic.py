@@ -8,13 +8,13 @@ import torch
 from torch.nn.utils.parametrizations import weight_norm
 
 from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.tiny import write_tiny_phonetic_tokenizer
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
 from spiritserve.tokenizers.hubert import HubertConfig, HubertModel
 from spiritserve.tokenizers.phonetic import (
     HUBERT_FILE,
     QUANTIZER_FILE,
     PhoneticTokenizer,
-    write_tiny_phonetic_tokenizer,
 )
 from spiritserve.tokenizers.quantizer import LinearQuantizer, QuantizerConfig, units_from_logits
 from spiritserve.weights import fold_weight_norm, legacy_weight_norm

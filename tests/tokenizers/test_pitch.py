@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.tiny import write_tiny_pitch_tokenizer
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
 from spiritserve.tokenizers.fcpe import F0Extractor, FCPEConfig, bundled_checkpoint_path
 from spiritserve.tokenizers.pitch import (
@@ -24,7 +25,6 @@ from spiritserve.tokenizers.pitch import (
     VQVAEConfig,
     read_vqvae_checkpoint,
     vqvae_input,
-    write_tiny_pitch_tokenizer,
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

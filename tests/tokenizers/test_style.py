@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
 from spiritserve.errors import BadAudioError, CheckpointError
+from spiritserve.tiny import write_tiny_style_tokenizer
 from spiritserve.tokenizers.chunking import MAX_CHUNK_SAMPLES
 from spiritserve.tokenizers.style import (
     CONFIG_FILE,
@@ -23,7 +24,6 @@ from spiritserve.tokenizers.style import (
     StyleConfig,
     StyleTokenizer,
     normalize,
-    write_tiny_style_tokenizer,
 )
 from spiritserve.weights import fold_weight_norm
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder, write_tiny_expressive_vocoder
-from spiritserve.vocoder.batched import VocodeRequest, decode_batch
+from spiritserve.tiny import write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
 RNG = np.random.default_rng(7)
 LENGTHS = [1, 5, 30, 90, 0, 47]
@@ -33,11 +33,9 @@ def make_requests(vocoder: UnitVocoder) -> list[VocodeRequest]:
 @pytest.mark.parametrize("window_frames", [4, 16, 1000])
 def test_batched_equals_one_by_one(vocoder, window_frames):
     requests = make_requests(vocoder)
-    batched = decode_batch(vocoder, requests, window_frames=window_frames)
+    batched = vocoder.decode_batch(requests, window_frames=window_frames)
     for request, output in zip(requests, batched, strict=True):
-        alone = vocoder.decode(
-            request.units, request.speaker, request.style, request.predict_durations, request.pitch, request.style_units
-        )
+        alone = vocoder.decode(request)
         assert output.durations == alone.durations
         assert len(output.audio) == len(alone.audio) == sum(alone.durations) * vocoder.hop
         if len(alone.audio):
@@ -47,4 +45,4 @@ def test_batched_equals_one_by_one(vocoder, window_frames):
 def test_an_invalid_request_fails_the_batch_call(vocoder):
     requests = make_requests(vocoder) + [VocodeRequest([1, 2], speaker=99)]
     with pytest.raises(ValueError, match="speaker 99"):
-        decode_batch(vocoder, requests)
+        vocoder.decode_batch(requests)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from spiritserve.errors import CheckpointError
-from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.tiny import write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 from spiritserve.vocoder.hifigan import repeat_to_length
 
 _rng = np.random.default_rng(1)
@@ -51,13 +52,13 @@ def test_base_vocoder_is_not_expressive(tmp_path):
     base = UnitVocoder.from_dir(tmp_path)
     assert not base.is_expressive and (base.num_pitch_units, base.num_style_units) == (0, 0)
     with pytest.raises(ValueError, match="pitch"):
-        base.decode(UNITS, speaker=2, pitch=PITCH)
+        base.decode(VocodeRequest(UNITS, speaker=2, pitch=PITCH))
     with pytest.raises(ValueError, match="style_units"):
-        base.decode(UNITS, speaker=2, style_units=STYLE)
+        base.decode(VocodeRequest(UNITS, speaker=2, style_units=STYLE))
 
 
 def test_lm_output_decode_expands_all_streams_by_durations(vocoder):
-    out = vocoder.decode(UNITS, speaker=2, pitch=PITCH, style_units=STYLE)
+    out = vocoder.decode(VocodeRequest(UNITS, speaker=2, pitch=PITCH, style_units=STYLE))
     assert len(out.durations) == len(UNITS)
     assert min(out.durations) >= 1 and max(out.durations) <= 8 and sum(out.durations) > len(UNITS)
     assert len(out.audio) == sum(out.durations) * 640
@@ -66,41 +67,47 @@ def test_lm_output_decode_expands_all_streams_by_durations(vocoder):
 
     # Same as expanding pitch and style by hand and vocoding one frame per expanded unit.
     expand = lambda values: [v for v, d in zip(values, out.durations) for _ in range(d)]  # noqa: E731
-    by_hand = vocoder.decode(expand(UNITS), 2, None, False, expand(PITCH), expand(STYLE))
+    by_hand = vocoder.decode(VocodeRequest(expand(UNITS), 2, None, False, expand(PITCH), expand(STYLE)))
     np.testing.assert_allclose(by_hand.audio, out.audio, atol=1e-5)
 
-    other_pitch = vocoder.decode(UNITS, speaker=2, pitch=[(p + 7) % 64 for p in PITCH], style_units=STYLE)
+    other_pitch = vocoder.decode(
+        VocodeRequest(UNITS, speaker=2, pitch=[(p + 7) % 64 for p in PITCH], style_units=STYLE)
+    )
     assert other_pitch.durations == out.durations  # durations depend on the HuBERT units only
     assert not np.allclose(other_pitch.audio, out.audio, atol=1e-3)
-    other_style = vocoder.decode(UNITS, speaker=2, pitch=PITCH, style_units=[5] * 30)
+    other_style = vocoder.decode(VocodeRequest(UNITS, speaker=2, pitch=PITCH, style_units=[5] * 30))
     assert not np.allclose(other_style.audio, out.audio, atol=1e-3)
 
 
 def test_resynthesis_upsamples_raw_pitch_and_style(vocoder):
-    out = vocoder.decode(RAW_UNITS, speaker=1, pitch=RAW_PITCH, style_units=RAW_STYLE, predict_durations=False)
+    out = vocoder.decode(
+        VocodeRequest(RAW_UNITS, speaker=1, pitch=RAW_PITCH, style_units=RAW_STYLE, predict_durations=False)
+    )
     assert out.durations == [1] * 100
     assert len(out.audio) == 100 * 640
 
     pitch = list(np.repeat(RAW_PITCH, 2)[:100])
     style = list(np.repeat(RAW_STYLE, 25)[:100])
-    explicit = vocoder.decode(RAW_UNITS, speaker=1, pitch=pitch, style_units=style, predict_durations=False)
+    explicit = vocoder.decode(
+        VocodeRequest(RAW_UNITS, speaker=1, pitch=pitch, style_units=style, predict_durations=False)
+    )
     np.testing.assert_array_equal(explicit.audio, out.audio)
 
     # The reference rule: pitch not one per unit means resynthesis, so durations are never predicted.
-    forced = vocoder.decode(RAW_UNITS, speaker=1, pitch=RAW_PITCH, style_units=RAW_STYLE)
+    forced = vocoder.decode(VocodeRequest(RAW_UNITS, speaker=1, pitch=RAW_PITCH, style_units=RAW_STYLE))
     assert forced.durations == [1] * 100
     np.testing.assert_array_equal(forced.audio, out.audio)
 
 
 def test_resynthesis_pads_with_the_last_value_and_cuts(vocoder):
-    short = vocoder.decode(RAW_UNITS, speaker=0, pitch=RAW_PITCH[:47], style_units=RAW_STYLE[:3])
+    short = vocoder.decode(VocodeRequest(RAW_UNITS, speaker=0, pitch=RAW_PITCH[:47], style_units=RAW_STYLE[:3]))
     padded_pitch = list(np.repeat(RAW_PITCH[:47], 2)) + [RAW_PITCH[46]] * 6
     padded_style = list(np.repeat(RAW_STYLE[:3], 25)) + [RAW_STYLE[2]] * 25
-    explicit = vocoder.decode(RAW_UNITS, 0, None, False, padded_pitch, padded_style)
+    explicit = vocoder.decode(VocodeRequest(RAW_UNITS, 0, None, False, padded_pitch, padded_style))
     np.testing.assert_array_equal(short.audio, explicit.audio)
     assert len(short.audio) == 100 * 640
 
-    long = vocoder.decode(RAW_UNITS, speaker=0, pitch=RAW_PITCH + [1, 2], style_units=RAW_STYLE + [9])
+    long = vocoder.decode(VocodeRequest(RAW_UNITS, speaker=0, pitch=RAW_PITCH + [1, 2], style_units=RAW_STYLE + [9]))
     assert len(long.audio) == 100 * 640
 
 
@@ -115,35 +122,35 @@ def test_repeat_to_length():
 def test_out_of_range_or_malformed_streams_raise_value_error(vocoder):
     for pitch in ([64] + PITCH[1:], [-1] + PITCH[1:], [1.5] + PITCH[1:]):
         with pytest.raises(ValueError, match="pitch"):
-            vocoder.decode(UNITS, speaker=2, pitch=pitch, style_units=STYLE)
+            vocoder.decode(VocodeRequest(UNITS, speaker=2, pitch=pitch, style_units=STYLE))
     for style in ([100] + STYLE[1:], [-3] + STYLE[1:]):
         with pytest.raises(ValueError, match="style_units"):
-            vocoder.decode(UNITS, speaker=2, pitch=PITCH, style_units=style)
+            vocoder.decode(VocodeRequest(UNITS, speaker=2, pitch=PITCH, style_units=style))
     with pytest.raises(ValueError, match="units"):
-        vocoder.decode([500] + UNITS[1:], speaker=2, pitch=PITCH, style_units=STYLE)
+        vocoder.decode(VocodeRequest([500] + UNITS[1:], speaker=2, pitch=PITCH, style_units=STYLE))
     with pytest.raises(ValueError, match="global styles"):
-        vocoder.decode(UNITS, speaker=2, style=0, pitch=PITCH, style_units=STYLE)
+        vocoder.decode(VocodeRequest(UNITS, speaker=2, style=0, pitch=PITCH, style_units=STYLE))
     # pitch one per unit marks LM output, so style must be one per unit too (the reference only warns)
     with pytest.raises(ValueError, match="style_units has 2 entries"):
-        vocoder.decode(UNITS, speaker=2, pitch=PITCH, style_units=[71, 68])
+        vocoder.decode(VocodeRequest(UNITS, speaker=2, pitch=PITCH, style_units=[71, 68]))
     with pytest.raises(ValueError, match="style_units is empty"):
-        vocoder.decode(RAW_UNITS, speaker=2, pitch=RAW_PITCH, style_units=[])
+        vocoder.decode(VocodeRequest(RAW_UNITS, speaker=2, pitch=RAW_PITCH, style_units=[]))
 
 
 def test_missing_pitch_or_style_is_a_value_error(vocoder):
     """The reference crashes on expressive speech without Pi/St tokens (§16.1a); here the caller gets a clear
     ValueError and chooses the fallback."""
     with pytest.raises(ValueError, match="needs pitch"):
-        vocoder.decode(UNITS, speaker=2)
+        vocoder.decode(VocodeRequest(UNITS, speaker=2))
     with pytest.raises(ValueError, match="needs pitch"):
-        vocoder.decode(UNITS, speaker=2, style_units=STYLE)
+        vocoder.decode(VocodeRequest(UNITS, speaker=2, style_units=STYLE))
     with pytest.raises(ValueError, match="needs style_units"):
-        vocoder.decode(UNITS, speaker=2, pitch=PITCH)
+        vocoder.decode(VocodeRequest(UNITS, speaker=2, pitch=PITCH))
 
 
 def test_empty_units_give_empty_audio(vocoder):
     for pitch, style in ((None, None), ([], []), ([3], [71])):
-        out = vocoder.decode([], speaker=2, pitch=pitch, style_units=style)
+        out = vocoder.decode(VocodeRequest([], speaker=2, pitch=pitch, style_units=style))
         assert out.audio.shape == (0,) and out.audio.dtype == np.float32 and out.durations == []
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from spiritserve.errors import CheckpointError
-from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder
+from spiritserve.tiny import write_tiny_base_vocoder
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
 
 UNITS = [int(u) for u in np.random.default_rng(0).integers(0, 500, size=30)]
@@ -37,7 +38,7 @@ def test_official_files_and_properties(bundle, vocoder):
 
 
 def test_decode_with_predicted_durations(vocoder):
-    out = vocoder.decode(UNITS, speaker=vocoder.default_speaker)
+    out = vocoder.decode(VocodeRequest(UNITS, speaker=vocoder.default_speaker))
     assert len(out.durations) == len(UNITS)
     assert min(out.durations) >= 1 and max(out.durations) <= 8
     assert len(out.audio) == sum(out.durations) * 640
@@ -48,17 +49,17 @@ def test_decode_with_predicted_durations(vocoder):
 
 
 def test_decode_without_duration_prediction(vocoder):
-    out = vocoder.decode(UNITS, speaker=0, style=3, predict_durations=False)
+    out = vocoder.decode(VocodeRequest(UNITS, speaker=0, style=3, predict_durations=False))
     assert out.durations == [1] * 30
     assert len(out.audio) == 30 * 640
 
 
 def test_speakers_and_styles_change_the_audio(vocoder):
-    audio = [vocoder.decode(UNITS, speaker=s, predict_durations=False).audio for s in range(4)]
+    audio = [vocoder.decode(VocodeRequest(UNITS, speaker=s, predict_durations=False)).audio for s in range(4)]
     for i in range(4):
         for j in range(i + 1, 4):
             assert not np.allclose(audio[i], audio[j], atol=1e-4)
-    other_style = vocoder.decode(UNITS, speaker=0, style=0, predict_durations=False).audio
+    other_style = vocoder.decode(VocodeRequest(UNITS, speaker=0, style=0, predict_durations=False)).audio
     assert not np.allclose(audio[0], other_style, atol=1e-4)  # style None means the default, 8
 
 
@@ -87,16 +88,16 @@ def test_batch_equals_single(vocoder):
 def test_invalid_requests_raise_value_error(vocoder):
     for units in ([1, 2, 500], [-1, 3], [1.5]):
         with pytest.raises(ValueError, match="units"):
-            vocoder.decode(units, speaker=0)
+            vocoder.decode(VocodeRequest(units, speaker=0))
     for speaker in (4, -1):
         with pytest.raises(ValueError, match="speaker"):
-            vocoder.decode(UNITS, speaker=speaker)
+            vocoder.decode(VocodeRequest(UNITS, speaker=speaker))
     with pytest.raises(ValueError, match="style"):
-        vocoder.decode(UNITS, speaker=0, style=len(vocoder.styles))
+        vocoder.decode(VocodeRequest(UNITS, speaker=0, style=len(vocoder.styles)))
 
 
 def test_empty_units_give_empty_audio(vocoder):
-    out = vocoder.decode([], speaker=2)
+    out = vocoder.decode(VocodeRequest([], speaker=2))
     assert out.audio.shape == (0,) and out.audio.dtype == np.float32
     assert out.durations == []
 
@@ -148,9 +149,9 @@ def test_vocoder_without_global_styles(bundle_copy):
     torch.save({"generator": CodeHiFiGAN(config).state_dict()}, bundle_copy / "generator.pt")
     vocoder = UnitVocoder.from_dir(bundle_copy)
     assert vocoder.styles == [] and vocoder.default_style is None
-    assert len(vocoder.decode(UNITS, speaker=1).audio) > 0
+    assert len(vocoder.decode(VocodeRequest(UNITS, speaker=1)).audio) > 0
     with pytest.raises(ValueError, match="style"):
-        vocoder.decode(UNITS, speaker=1, style=0)
+        vocoder.decode(VocodeRequest(UNITS, speaker=1, style=0))
 
 
 @torch.inference_mode()

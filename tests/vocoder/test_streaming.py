@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from spiritserve.vocoder.base import UnitVocoder, write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.tiny import write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 from spiritserve.vocoder.streaming import StreamFeed, StreamingDecoder, vocode_in_lockstep
 from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
 
@@ -68,8 +69,8 @@ def test_receptive_field_matches_the_generator(base):
 
 @pytest.mark.parametrize("step", [1, 7, len(UNITS)])
 def test_base_stream_equals_offline(base, step):
-    offline = base.decode(UNITS, speaker=SPEAKER)
-    decoder = StreamingDecoder(base, SPEAKER)
+    offline = base.decode(VocodeRequest(UNITS, speaker=SPEAKER))
+    decoder = base.open_stream(SPEAKER)
     pieces = _stream(decoder, step)
     streamed = np.concatenate(pieces)
     assert decoder.durations == offline.durations
@@ -82,8 +83,8 @@ def test_base_stream_equals_offline(base, step):
 
 @pytest.mark.parametrize("step", [1, 7, len(UNITS)])
 def test_expressive_stream_equals_offline(expressive, step):
-    offline = expressive.decode(UNITS, speaker=SPEAKER, pitch=PITCH, style_units=STYLE)
-    decoder = StreamingDecoder(expressive, SPEAKER, chunk_units=12)
+    offline = expressive.decode(VocodeRequest(UNITS, speaker=SPEAKER, pitch=PITCH, style_units=STYLE))
+    decoder = expressive.open_stream(SPEAKER, chunk_units=12)
     streamed = np.concatenate(_stream(decoder, step, pitch=PITCH, style_units=STYLE))
     assert decoder.durations == offline.durations
     assert len(streamed) == sum(offline.durations) * expressive.hop
@@ -92,8 +93,8 @@ def test_expressive_stream_equals_offline(expressive, step):
 
 def test_global_style_and_raw_units(base):
     """A non-default global style, and predict_durations=False (raw 25 Hz units, one frame each)."""
-    offline = base.decode(UNITS, speaker=3, style=4, predict_durations=False)
-    decoder = StreamingDecoder(base, 3, style=4, predict_durations=False, first_chunk_units=5, chunk_units=9)
+    offline = base.decode(VocodeRequest(UNITS, speaker=3, style=4, predict_durations=False))
+    decoder = base.open_stream(3, style=4, predict_durations=False, first_chunk_units=5, chunk_units=9)
     pieces = _stream(decoder, 3)
     assert decoder.durations == [1] * len(UNITS)
     np.testing.assert_allclose(np.concatenate(pieces), offline.audio, rtol=0, atol=EXACT)
@@ -106,8 +107,8 @@ def test_global_style_and_raw_units(base):
 def test_shorter_lookahead_is_close_and_seams_stay_smooth(base, lookahead_frames):
     """Below the full receptive field the chunk edges are approximate, the crossfade hides the seam, and the
     length is still exact."""
-    offline = base.decode(UNITS, speaker=SPEAKER).audio
-    decoder = StreamingDecoder(base, SPEAKER, lookahead_frames=lookahead_frames, chunk_units=10)
+    offline = base.decode(VocodeRequest(UNITS, speaker=SPEAKER)).audio
+    decoder = base.open_stream(SPEAKER, lookahead_frames=lookahead_frames, chunk_units=10)
     pieces = _stream(decoder, 1)
     streamed = np.concatenate(pieces)
     assert len(streamed) == len(offline)
@@ -122,8 +123,8 @@ def test_shorter_lookahead_is_close_and_seams_stay_smooth(base, lookahead_frames
 
 
 def test_seams_do_not_click(base):
-    offline = base.decode(UNITS, speaker=SPEAKER).audio
-    pieces = _stream(StreamingDecoder(base, SPEAKER, chunk_units=10), 1)
+    offline = base.decode(VocodeRequest(UNITS, speaker=SPEAKER)).audio
+    pieces = _stream(base.open_stream(SPEAKER, chunk_units=10), 1)
     streamed = np.concatenate(pieces)
     for seam in _seams(pieces):
         assert abs(streamed[seam] - streamed[seam - 1]) <= abs(offline[seam] - offline[seam - 1]) + 1e-5
@@ -134,9 +135,9 @@ def test_seams_do_not_click(base):
 def test_first_audio_after_the_first_chunk(base):
     """Audio starts once the first chunk's units have their durations (2 units of right context) and the
     lookahead frames after them; later chunks come every chunk_units units."""
-    durations = base.decode(UNITS, speaker=SPEAKER).durations
+    durations = base.decode(VocodeRequest(UNITS, speaker=SPEAKER)).durations
     for lookahead in (0, None):
-        decoder = StreamingDecoder(base, SPEAKER, first_chunk_units=10, chunk_units=25, lookahead_frames=lookahead)
+        decoder = base.open_stream(SPEAKER, first_chunk_units=10, chunk_units=25, lookahead_frames=lookahead)
         pushed_when_audio = [n for n, unit in enumerate(UNITS, 1) if len(decoder.push([unit]))]
         frames = np.cumsum(durations)
         # smallest n whose n - 2 committed units leave 10 units' frames before the lookahead
@@ -152,43 +153,45 @@ def test_first_audio_after_the_first_chunk(base):
 
 def test_later_chunks_double_up_to_the_maximum_and_still_equal_offline(base):
     units = UNITS * 5  # 320 units
-    decoder = StreamingDecoder(base, SPEAKER, lookahead_frames=0)  # default sizes: 10, 25, then doubling to 100
+    decoder = base.open_stream(SPEAKER, lookahead_frames=0)  # default sizes: 10, 25, then doubling to 100
     pieces = [decoder.push([unit]) for unit in units]
     pushed_when_audio = [n for n, piece in enumerate(pieces, 1) if len(piece)]
     assert pushed_when_audio == [12, 37, 87, 187, 287]  # 2 units of duration context, then 10, 25, 50, 100, 100
     pieces.append(decoder.finish())
-    offline = base.decode(units, speaker=SPEAKER).audio
+    offline = base.decode(VocodeRequest(units, speaker=SPEAKER)).audio
     assert len(np.concatenate(pieces)) == len(offline)
-    full_context = StreamingDecoder(base, SPEAKER)
+    full_context = base.open_stream(SPEAKER)
     streamed = np.concatenate([full_context.push([unit]) for unit in units] + [full_context.finish()])
     np.testing.assert_allclose(streamed, offline, rtol=0, atol=EXACT)
 
 
 def test_empty_input_gives_empty_audio(base, expressive):
-    decoder = StreamingDecoder(base, SPEAKER)
+    decoder = base.open_stream(SPEAKER)
     assert decoder.push([]).shape == (0,)
     audio = decoder.finish()
     assert audio.shape == (0,) and audio.dtype == np.float32 and decoder.durations == []
-    assert StreamingDecoder(expressive, SPEAKER).finish().shape == (0,)
+    assert expressive.open_stream(SPEAKER).finish().shape == (0,)
 
 
 def test_short_stream_is_exact(base):
     """Fewer units than one chunk: everything comes out at finish, equal to offline."""
-    decoder = StreamingDecoder(base, SPEAKER)
+    decoder = base.open_stream(SPEAKER)
     assert len(decoder.push(UNITS[:3])) == 0
-    np.testing.assert_allclose(decoder.finish(), base.decode(UNITS[:3], speaker=SPEAKER).audio, atol=EXACT)
+    np.testing.assert_allclose(
+        decoder.finish(), base.decode(VocodeRequest(UNITS[:3], speaker=SPEAKER)).audio, atol=EXACT
+    )
 
 
 def test_invalid_use_is_rejected(base, expressive):
     with pytest.raises(ValueError, match="speaker"):
-        StreamingDecoder(base, 9)
+        base.open_stream(9)
     with pytest.raises(ValueError, match="style"):
-        StreamingDecoder(expressive, SPEAKER, style=0)
+        expressive.open_stream(SPEAKER, style=0)
     with pytest.raises(ValueError, match="crossfade"):
-        StreamingDecoder(base, SPEAKER, crossfade_samples=base.hop + 1)
+        base.open_stream(SPEAKER, crossfade_samples=base.hop + 1)
     with pytest.raises(ValueError, match="max_chunk_units"):
-        StreamingDecoder(base, SPEAKER, chunk_units=30, max_chunk_units=20)
-    decoder = StreamingDecoder(base, SPEAKER)
+        base.open_stream(SPEAKER, chunk_units=30, max_chunk_units=20)
+    decoder = base.open_stream(SPEAKER)
     with pytest.raises(ValueError, match="units"):
         decoder.push([1, 500])
     with pytest.raises(ValueError, match="pitch"):
@@ -199,7 +202,7 @@ def test_invalid_use_is_rejected(base, expressive):
         decoder.push([1])
     with pytest.raises(RuntimeError, match="closed"):
         decoder.finish()
-    expressive_decoder = StreamingDecoder(expressive, SPEAKER)
+    expressive_decoder = expressive.open_stream(SPEAKER)
     with pytest.raises(ValueError, match="pitch"):
         expressive_decoder.push([1, 2])
     with pytest.raises(ValueError, match="style_units"):
@@ -230,9 +233,9 @@ def test_concurrent_streams_share_forwards_and_each_equals_its_offline_decode(na
     feeds = [StreamFeed(units, step_units=step) for units, _, step in specs]
     if expressive:  # one pitch and one style unit per unit
         feeds = [replace(feed, pitch=PITCH[: len(feed.units)], style_units=STYLE[: len(feed.units)]) for feed in feeds]
-    decoders = [StreamingDecoder(vocoder, speaker, chunk_units=12) for _, speaker, _ in specs]
+    decoders = [vocoder.open_stream(speaker, chunk_units=12) for _, speaker, _ in specs]
     offline = [
-        vocoder.decode(feed.units, speaker=speaker, pitch=feed.pitch, style_units=feed.style_units)
+        vocoder.decode(VocodeRequest(feed.units, speaker=speaker, pitch=feed.pitch, style_units=feed.style_units))
         for feed, (_, speaker, _) in zip(feeds, specs, strict=True)
     ]
     sizes = _count_forwards(monkeypatch, vocoder)

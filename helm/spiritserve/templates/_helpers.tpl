@@ -111,7 +111,7 @@ speech budget. The drain must cover it. */}}
 {{- add .Values.imagePullSeconds $download $startup }}
 {{- end }}
 
-{{/* Largest request body the server accepts (spiritserve/server/app.py: upload x 4/3 for base64 + 1 MiB). */}}
+{{/* Largest request body the server accepts (Settings.max_body_bytes in spiritserve/settings.py: upload x 4/3 for base64 + 1 MiB). */}}
 {{- define "spiritserve.maxBodyBytes" -}}
 {{- add (div (mul (int64 .Values.config.maxUploadBytes) 4) 3) 1048576 }}
 {{- end }}

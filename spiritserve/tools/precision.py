@@ -50,8 +50,9 @@ def open_clip_check(args: argparse.Namespace) -> ClipCheck:
 
     import torch
 
-    from spiritserve.checkpoints import embedded_default_root, ensure_embedded_default, open_checkpoint
-    from spiritserve.server.audio_io import decode_audio
+    from spiritserve.audio import decode_audio
+    from spiritserve.checkpoints import embedded_default_root, open_checkpoint
+    from spiritserve.tiny import ensure_embedded_default
 
     root = args.checkpoints or embedded_default_root()
     if args.checkpoints is None:
@@ -71,7 +72,7 @@ def write_report(report: dict[str, Any], out: Path | None) -> None:
 
 def add_clip_check_parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     """A subcommand taking clips, a checkpoint root, a variant, a device and an output file."""
-    parser = commands.add_parser(name, help=help_text)
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
     parser.add_argument("clips", type=Path, nargs="+", help="speech files (any common format)")
     parser.add_argument("--checkpoints", type=Path, help="checkpoint root (default: the embedded tiny bundle)")
     parser.add_argument("--variant", choices=["base", "expressive"])
@@ -87,10 +88,9 @@ def _run(args: argparse.Namespace) -> None:
 
     check = open_clip_check(args)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    reference = SpeechTokenizer.from_checkpoint(check.checkpoint, check.device).encode(check.waveforms)
-    reduced = SpeechTokenizer.from_checkpoint(check.checkpoint, check.device, compute_dtype=dtype).encode(
-        check.waveforms
-    )
+    folders = (check.checkpoint.hubert_dir, check.checkpoint.pitch_dir, check.checkpoint.style_dir)
+    reference = SpeechTokenizer.from_dirs(*folders, check.device).encode(check.waveforms)
+    reduced = SpeechTokenizer.from_dirs(*folders, check.device, compute_dtype=dtype).encode(check.waveforms)
     agreement = stream_agreement(reference, reduced)
     write_report(
         {

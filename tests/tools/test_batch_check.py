@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 CLIPS = [str(FIXTURES / name) for name in ("espeak_16k_mono.flac", "flite_48k_stereo.opus", "flite_8k_mono.wav")]
 
 

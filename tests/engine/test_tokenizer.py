@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from spiritserve.checkpoints import BASE_MODEL_NAME, LANGUAGE_MODELS_DIR
+from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.errors import CheckpointError
-from spiritserve.tokenizers.text import SpiritTextTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from spiritserve.precision import unit_agreement
+from spiritserve.tools.precision import unit_agreement
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def test_unit_agreement_counts_positions_and_length_differences():

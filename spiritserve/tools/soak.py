@@ -3,7 +3,7 @@
 What an operator wants to know before trusting a deployment under load: does overload get 429/503 with
 Retry-After rather than errors or cut answers, does every admitted answer arrive whole, does the process
 grow (memory, file descriptors), and how fast do abandoned requests give their engine slots back. This
-prints those figures and writes them as JSON; it asserts nothing (tests/test_soak.py checks the report).
+prints those figures and writes them as JSON; it asserts nothing (tests/tools/test_soak.py checks the report).
 httpx, psutil and soundfile are imported where used: the CLI imports this module to register the command.
 """
 
@@ -192,19 +192,19 @@ async def soak(
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as http:
         sampling = True
 
-        async def sample_process() -> None:
+        async def sample_process(pid: int) -> None:
             while sampling:
                 report.process.append(_sample_process(pid, started))
                 await asyncio.sleep(1)
 
-        sampler = asyncio.create_task(sample_process()) if pid else None
+        sampler = asyncio.create_task(sample_process(pid)) if pid else None
         latencies: list[float] = []
         deadline = time.monotonic() + seconds
         await asyncio.gather(*(_over_capacity(http, clip, report, deadline, latencies) for _ in range(concurrency)))
         if storm_clients:
             report.storm_slots_freed_after_s = await _disconnect_storm(http, clip, storm_clients, timeout_s=60)
         sampling = False
-        if sampler is not None:
+        if sampler is not None and pid:
             await sampler
             report.process.append(_sample_process(pid, started))
     if latencies:
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> None:
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Register ``soak`` on the CLI's subparsers."""
-    parser = commands.add_parser(
+    parser: argparse.ArgumentParser = commands.add_parser(
         "soak", help="load a running server above capacity, then hang up on it; report statuses, growth, slot release"
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")

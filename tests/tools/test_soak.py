@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-CLIP = Path(__file__).parent / "fixtures" / "espeak_16k_mono.flac"
+CLIP = Path(__file__).parent.parent / "fixtures" / "espeak_16k_mono.flac"
 
 
 def _pid_listening_on(port: int) -> int:

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from spiritserve.precision import add_clip_check_parser, open_clip_check, stream_agreement, write_report
+from spiritserve.tools.precision import add_clip_check_parser, open_clip_check, stream_agreement, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,11 @@ def _run(args: argparse.Namespace) -> None:
     import numpy as np
 
     from spiritserve.tokenizers.speech import SpeechTokenizer
-    from spiritserve.vocoder.base import UnitVocoder
-    from spiritserve.vocoder.batched import VocodeRequest, decode_batch
+    from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
     check = open_clip_check(args)
     checkpoint, device, waveforms = check.checkpoint, check.device, check.waveforms
-    tokenizer = SpeechTokenizer.from_checkpoint(checkpoint, device)
+    tokenizer = SpeechTokenizer.from_dirs(checkpoint.hubert_dir, checkpoint.pitch_dir, checkpoint.style_dir, device)
     started = time.perf_counter()
     together = tokenizer.encode(waveforms)
     alone = [tokenizer.encode([waveform])[0] for waveform in waveforms]
@@ -52,8 +51,8 @@ def _run(args: argparse.Namespace) -> None:
         for u in alone
     ]
     started = time.perf_counter()
-    offline = [vocoder.decode(r.units, r.speaker, pitch=r.pitch, style_units=r.style_units) for r in requests]
-    batched = decode_batch(vocoder, requests)
+    offline = [vocoder.decode(request) for request in requests]
+    batched = vocoder.decode_batch(requests)
     streamed = _stream_all(vocoder, requests)
     vocode_s = time.perf_counter() - started
 
@@ -100,9 +99,9 @@ def _stream_all(vocoder: Any, requests: list[Any]) -> list[Any]:
     """All requests streamed at once, STREAM_STEP_UNITS units per stream per step, due chunks batched."""
     import numpy as np
 
-    from spiritserve.vocoder.streaming import StreamFeed, StreamingDecoder, vocode_in_lockstep
+    from spiritserve.vocoder.streaming import StreamFeed, vocode_in_lockstep
 
-    decoders = [StreamingDecoder(vocoder, request.speaker) for request in requests]
+    decoders = [vocoder.open_stream(request.speaker) for request in requests]
     feeds = [StreamFeed(r.units, r.pitch, r.style_units, step_units=STREAM_STEP_UNITS) for r in requests]
     return [np.concatenate(pieces) for pieces in vocode_in_lockstep(decoders, feeds)]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spiritserve.bench import JSON_NAME, PNG_NAME, SCHEMA, speedup
 from spiritserve.cli import main
+from spiritserve.tools.bench import JSON_NAME, PNG_NAME, SCHEMA, speedup
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUICK_RUN_TIMEOUT_S = 180  # about 30 s on 2 idle cores; generous for a loaded machine

@@ -18,7 +18,7 @@ each (CUDA synchronised). Reported: median latency per batch, audio seconds proc
 (× real time), latency per item, and ``speedup_vs_sequential`` = xRT(batch 16) / xRT(batch 1).
 
 On a CPU host shared with other work, ``--threads 1`` gives far steadier numbers: with one OpenMP thread per
-core, a descheduled thread stalls every parallel region (measured here: 5-20x slower under load).
+core, a descheduled thread stalls every parallel region (docs/measurements.md).
 
 Import-safe: torch, numpy and matplotlib are imported only when the command runs.
 """
@@ -236,13 +236,13 @@ def _random_units(batch: int, seconds: float, seed: int) -> list[list[int]]:
 
 
 def build_hifigan(device: str, seconds: float, seed: int) -> Component:
-    from spiritserve.vocoder.batched import VocodeRequest, decode_batch
+    from spiritserve.vocoder.base import VocodeRequest
 
     vocoder = _build_vocoder(device)
 
     def run(unit_lists: list[list[int]]) -> list[Any]:
         requests = [VocodeRequest(units, VOCODER_SPEAKER, predict_durations=False) for units in unit_lists]
-        return decode_batch(vocoder, requests)
+        return vocoder.decode_batch(requests)
 
     return Component(
         name="hifigan",
@@ -258,7 +258,7 @@ def build_hifigan(device: str, seconds: float, seed: int) -> Component:
 
 
 def build_hifigan_stream(device: str, seconds: float, seed: int) -> Component:
-    from spiritserve.vocoder.streaming import DEFAULT_CHUNK_UNITS, StreamFeed, StreamingDecoder, vocode_in_lockstep
+    from spiritserve.vocoder.streaming import DEFAULT_CHUNK_UNITS, StreamFeed, vocode_in_lockstep
 
     vocoder = _build_vocoder(device)
 
@@ -266,7 +266,7 @@ def build_hifigan_stream(device: str, seconds: float, seed: int) -> Component:
         """Every stream gets one unit per step (an engine step of concurrent requests); stream i starts
         i/batch of a chunk later than stream 0, as independent arrivals would, so chunks fall due out of
         phase. Each step, the streams' due chunks share one ``vocode_streams`` call."""
-        decoders = [StreamingDecoder(vocoder, VOCODER_SPEAKER, predict_durations=False) for _ in unit_lists]
+        decoders = [vocoder.open_stream(VOCODER_SPEAKER, predict_durations=False) for _ in unit_lists]
         feeds = [
             StreamFeed(units, start_step=index * DEFAULT_CHUNK_UNITS // len(unit_lists))
             for index, units in enumerate(unit_lists)

@@ -11,11 +11,9 @@ Ids are always looked up from the model file, never hard-coded.
 from dataclasses import dataclass
 from pathlib import Path
 
-import sentencepiece
-from sentencepiece import sentencepiece_model_pb2
-
 from spiritserve.errors import CheckpointError
 from spiritserve.tokens import MARKERS, UNIT_KINDS, UnitKind, unit_piece
+from spiritserve.weights import read_sentencepiece
 
 
 @dataclass(frozen=True)
@@ -32,14 +30,8 @@ class SpiritTextTokenizer:
     """Wraps `tokenizer.model`; knows which ids are markers, which are units, which are text."""
 
     def __init__(self, model_path: Path) -> None:
-        if not model_path.is_file():
-            raise CheckpointError(f"tokenizer model not found: {model_path}")
         self.model_path = model_path
-        self._sp = sentencepiece.SentencePieceProcessor()
-        try:
-            self._sp.Load(str(model_path))
-        except (OSError, RuntimeError) as exc:
-            raise CheckpointError(f"cannot read SentencePiece model {model_path}: {exc}") from exc
+        self._sp = read_sentencepiece(model_path)
         missing_markers = [marker for marker in MARKERS if self._sp.PieceToId(marker) == self._sp.unk_id()]
         if missing_markers:
             raise CheckpointError(f"{model_path}: no pieces for the modality markers {missing_markers}")
@@ -89,20 +81,3 @@ class SpiritTextTokenizer:
 
     def pieces(self, token_ids: list[int]) -> list[str]:
         return [self._sp.IdToPiece(token_id) for token_id in token_ids]
-
-
-def write_extended_tokenizer(base_model: Path, out: Path, unit_counts: dict[UnitKind, int]) -> None:
-    """Append the markers and unit pieces, in the official order, to a 32000-piece Llama-layout model.
-
-    Appended as USER_DEFINED pieces so SentencePiece never splits them; extending in order puts
-    `[Text]` at 32000, `[Speech]` at 32001 and `[Hu0]` at 32002, where the official vocabulary has them.
-    """
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(base_model.read_bytes())
-    if len(proto.pieces) != 32000:
-        raise CheckpointError(f"{base_model}: expected a 32000-piece Llama-layout model, found {len(proto.pieces)}")
-    new_pieces = [*MARKERS] + [unit_piece(kind, n) for kind in UNIT_KINDS for n in range(unit_counts.get(kind, 0))]
-    for piece in new_pieces:
-        proto.pieces.add(piece=piece, score=0.0, type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(proto.SerializeToString())
