@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spiritserve.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_pcm16, encode_wav, streaming_wav_header
+from spiritserve.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_pcm16, encode_wav
 from spiritserve.errors import BadRequestError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
@@ -61,10 +61,12 @@ from spiritserve.server.routes import (
     PipelineDep,
     SettingsDep,
     Slot,
+    SpeechTally,
     cancel_on_disconnect,
     decode_audio_bytes,
     decode_upload,
     error_responses,
+    stream_pcm,
 )
 from spiritserve.settings import Settings
 from spiritserve.tokens import Modality, OutputModality
@@ -458,37 +460,24 @@ async def create_speech(
 
         return StreamingResponse(whole(), media_type=SSE_MEDIA_TYPE)
     token_request, stop = await few_shot.speech_request(pipeline, body.input, options)
-    output_tokens = 0
-
-    async def audio_bytes() -> AsyncIterator[bytes]:
-        nonlocal output_tokens
-        first_audio_s, samples = None, 0
-        if body.response_format == "wav":
-            yield streaming_wav_header()
-        async with aclosing(pipeline.open_speech_stream(token_request, options, stop=stop)) as deltas:
-            async for delta in deltas:
-                output_tokens = delta.generated_tokens
-                if len(delta.audio):
-                    first_audio_s = first_audio_s or time.perf_counter() - started
-                    samples += len(delta.audio)
-                    yield encode_pcm16(delta.audio)
-        metrics.generated_tokens.labels(OutputModality.SPEECH.value).inc(output_tokens)
-        metrics.observe_speech(route, first_audio_s, time.perf_counter() - started, samples / SAMPLE_RATE)
+    tally = SpeechTally()
+    wav = body.response_format == "wav"
+    audio_bytes = stream_pcm(pipeline.open_speech_stream(token_request, options, stop=stop), wav, metrics, route,
+                             started, tally)  # fmt: skip
 
     if body.stream_format == "audio":
-        media_type = WAV_MEDIA_TYPE if body.response_format == "wav" else PCM_MEDIA_TYPE
-        return StreamingResponse(audio_bytes(), media_type=media_type)
+        return StreamingResponse(audio_bytes, media_type=WAV_MEDIA_TYPE if wav else PCM_MEDIA_TYPE)
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for data in audio_bytes():
+            async for data in audio_bytes:
                 yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         except SpiritServeError as exc:
             yield _sse_error(exc)
             return
         input_tokens = len(token_request.prompt_ids)
-        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                 "total_tokens": input_tokens + output_tokens}  # fmt: skip
+        usage = {"input_tokens": input_tokens, "output_tokens": tally.generated_tokens,
+                 "total_tokens": input_tokens + tally.generated_tokens}  # fmt: skip
         yield _sse({"type": "speech.audio.done", "usage": usage})
 
     return StreamingResponse(events(), media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache"})

@@ -4,6 +4,8 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, File, Request, UploadFile
@@ -26,7 +28,8 @@ from spiritserve.errors import (
     EngineUnavailableError,
     UnsupportedMediaTypeError,
 )
-from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
+from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpeechDelta, SpiritPipeline
+from spiritserve.server.metrics import ServiceMetrics
 from spiritserve.server.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -221,25 +224,40 @@ async def _generate_or_stream(
         raise BadRequestError("stream=true streams audio: it needs output_modality 'speech'")
     token_request = await pipeline.prepare(inputs, output, options)
     chunks = pipeline.open_speech_stream(token_request, options)
+    wav = fields.response_format == "wav"
+    # Starlette cancels the body when the client disconnects, which aborts the engine request.
+    body = stream_pcm(chunks, wav, metrics, route, started, SpeechTally())
+    return StreamingResponse(body, media_type=WAV_MEDIA_TYPE if wav else PCM_MEDIA_TYPE)
 
-    async def body() -> AsyncIterator[bytes]:
-        first_audio_s, samples, generated_tokens = None, 0, 0
-        if fields.response_format == "wav":
-            yield streaming_wav_header()
-        try:
-            async for delta in chunks:
-                generated_tokens = delta.generated_tokens
+
+@dataclass
+class SpeechTally:
+    """What a streamed speech answer produced so far: its usage once the stream ends."""
+
+    generated_tokens: int = 0
+    samples: int = 0
+
+
+async def stream_pcm(
+    deltas: AsyncIterator[SpeechDelta], wav: bool, metrics: ServiceMetrics, route: str, started: float,
+    tally: SpeechTally,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """A speech stream as PCM16 chunks as they come (after a streaming WAV header when `wav`). Closing it closes
+    the stream (aborting the engine request); the tokens generated are counted even then."""
+    first_audio_s = None
+    if wav:
+        yield streaming_wav_header()
+    try:
+        async with aclosing(deltas):
+            async for delta in deltas:
+                tally.generated_tokens = delta.generated_tokens
                 if len(delta.audio):
                     first_audio_s = first_audio_s or time.perf_counter() - started
-                    samples += len(delta.audio)
+                    tally.samples += len(delta.audio)
                     yield encode_pcm16(delta.audio)
-        finally:  # also when the client left midway: what was generated counts
-            metrics.generated_tokens.labels(output.value).inc(generated_tokens)
-        metrics.observe_speech(route, first_audio_s, time.perf_counter() - started, samples / SAMPLE_RATE)
-
-    # Starlette cancels `body` when the client disconnects, which aborts the engine request.
-    media_type = WAV_MEDIA_TYPE if fields.response_format == "wav" else PCM_MEDIA_TYPE
-    return StreamingResponse(body(), media_type=media_type)
+    finally:
+        metrics.generated_tokens.labels(OutputModality.SPEECH.value).inc(tally.generated_tokens)
+    metrics.observe_speech(route, first_audio_s, time.perf_counter() - started, tally.samples / SAMPLE_RATE)
 
 
 class ContinueForm(SamplingFields, OutputFields):

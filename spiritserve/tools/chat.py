@@ -18,6 +18,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the models are imported when a session starts: `spiritserve --help` stays light
+    from spiritserve.server.realtime_protocol import ResponseDone, ServerEvent
 
 CHUNK_SECONDS = 0.1
 QUIET_SECONDS = 1.5  # live mode: after capture and all answers, this long without events ends the session
@@ -53,10 +57,13 @@ class ChatClient:
         self.turns = 0
         self._audio: list[bytes] = []
 
-    def receive(self) -> dict:
-        event = json.loads(self.socket.recv(timeout=self.timeout))
-        if event["type"] == "error":
-            print(f"error: {event['error']['code']}: {event['error']['message']}", file=sys.stderr)
+    def receive(self, timeout: float | None = None) -> "ServerEvent":
+        """The next server event, parsed (and checked) with the server's own event models."""
+        from spiritserve.server.realtime_protocol import SERVER_EVENTS
+
+        event = SERVER_EVENTS.validate_json(self.socket.recv(timeout=timeout or self.timeout))
+        if event.type == "error":
+            print(f"error: {event.error.code}: {event.error.message}", file=sys.stderr)
         return event
 
     def send_audio(self, chunk: bytes) -> None:
@@ -65,28 +72,28 @@ class ChatClient:
     def configure(self, session: dict) -> None:
         self.receive()  # session.created
         self.socket.send(json.dumps({"type": "session.update", "session": session}))
-        while self.receive()["type"] != "session.updated":
+        while self.receive().type != "session.updated":
             pass
 
     def answer(self) -> str:
         """Read one response to its end; returns its status."""
-        while (event := self.receive())["type"] != "response.done":
+        while (event := self.receive()).type != "response.done":
             self.on_delta(event)
         return self.finish_turn(event)
 
-    def on_delta(self, event: dict) -> None:
-        if event["type"] == "response.output_audio.delta":
-            self._audio.append(base64.b64decode(event["delta"]))
-        elif event["type"] == "response.output_text.delta":
-            print(event["delta"], end="", flush=True)
+    def on_delta(self, event: "ServerEvent") -> None:
+        if event.type == "response.output_audio.delta":
+            self._audio.append(base64.b64decode(event.delta))
+        elif event.type == "response.output_text.delta":
+            print(event.delta, end="", flush=True)
 
-    def finish_turn(self, done_event: dict) -> str:
+    def finish_turn(self, done_event: "ResponseDone") -> str:
         """Save the turn's audio and report it (from its response.done); returns its status."""
         import numpy as np
         import soundfile
 
         self.turns += 1
-        done = done_event["response"]
+        done = done_event.response
         if self._audio:
             path = self.out.with_stem(f"{self.out.stem}-{self.turns}")
             samples = np.frombuffer(b"".join(self._audio), dtype="<i2")
@@ -95,14 +102,14 @@ class ChatClient:
         else:
             print()
         self._audio = []
-        usage, timings = done["usage"], done["timings"]
+        usage, timings = done.usage, done.timings
         print(
-            f"turn {self.turns}: {done['status']}, {usage['input_tokens']} prompt tokens, "
-            f"{usage['output_tokens']} generated, first delta after {timings['first_delta_s'] or 0:.3f} s, "
-            f"{timings['total_s']:.3f} s in all",
+            f"turn {self.turns}: {done.status}, {usage.input_tokens} prompt tokens, "
+            f"{usage.output_tokens} generated, first delta after {timings.first_delta_s or 0:.3f} s, "
+            f"{timings.total_s:.3f} s in all",
             flush=True,
         )
-        return done["status"]
+        return done.status
 
 
 def _talk_with_files(client: ChatClient, files: list[Path]) -> bool:
@@ -142,12 +149,12 @@ def _talk_live(client: ChatClient, device: str, input_format: str, seconds: floa
     while True:
         settled = capture_done.is_set() and not turn_open and responses_running == 0
         try:
-            event = json.loads(client.socket.recv(timeout=QUIET_SECONDS if settled else client.timeout))
+            event = client.receive(timeout=QUIET_SECONDS if settled else None)
         except TimeoutError:
             if settled:
                 break
             raise
-        kind = event["type"]
+        kind = event.type
         if kind == "input_audio_buffer.speech_started":
             turn_open = True
         elif kind == "input_audio_buffer.speech_stopped":
@@ -157,9 +164,7 @@ def _talk_live(client: ChatClient, device: str, input_format: str, seconds: floa
         elif kind == "response.done":
             responses_running -= 1
             statuses.append(client.finish_turn(event))
-        elif kind == "error":
-            print(f"error: {event['error']['code']}: {event['error']['message']}", file=sys.stderr)
-        else:
+        elif kind != "error":  # errors are printed as they are received
             client.on_delta(event)
     return bool(statuses) and all(status == "completed" for status in statuses[-1:])
 
