@@ -26,7 +26,6 @@ from spiritserve.tokens import unit_piece
 from spiritserve.weights import read_sentencepiece
 
 Variant = Literal["base", "expressive"]
-VARIANTS: tuple[Variant, ...] = ("base", "expressive")
 HUBERT_DIR = Path("speech_tokenizer/hubert_25hz")
 PITCH_DIR = Path("speech_tokenizer/vqvae_f0_quantizer")
 STYLE_DIR = Path("speech_tokenizer/style_encoder_w2v2")
@@ -34,10 +33,8 @@ VOCODER_DIRS: dict[Variant, Path] = {
     "base": Path("speech_tokenizer/hifigan_spiritlm_base"),
     "expressive": Path("speech_tokenizer/hifigan_spiritlm_expressive_w2v2"),
 }
-BASE_VOCODER_DIR = VOCODER_DIRS["base"]
 LANGUAGE_MODELS_DIR = Path("spiritlm_model")
 MODEL_NAMES: dict[Variant, str] = {"base": "spirit-lm-base-7b", "expressive": "spirit-lm-expressive-7b"}
-BASE_MODEL_NAME = MODEL_NAMES["base"]
 # Written by spiritserve.tiny in the root; official roots lack it. Servers report it (GET /v1/server) so that
 # clients can say that the speech of such a bundle is noise.
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from spiritserve.checkpoints import (
-    BASE_MODEL_NAME,
     LANGUAGE_MODELS_DIR,
+    MODEL_NAMES,
     RANDOM_WEIGHTS_MARKER,
     open_checkpoint,
 )
@@ -33,13 +33,15 @@ OFFICIAL_BASE_FILES = [
     "spiritlm_model/spirit-lm-base-7b/tokenizer.model",
 ]
 
+BASE_MODEL = MODEL_NAMES["base"]
+
 
 def test_tiny_bundle_has_every_official_file(tiny_bundle: Path):
     for relative in OFFICIAL_BASE_FILES:
         assert (tiny_bundle / relative).is_file(), relative
-    config = json.loads((tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "config.json").read_text())
+    config = json.loads((tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL / "config.json").read_text())
     assert config["vocab_size"] == 32512 and config["rope_theta"] == 100000.0
-    weights = torch.load(tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin", weights_only=True)
+    weights = torch.load(tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL / "pytorch_model.bin", weights_only=True)
     assert weights["model.embed_tokens.weight"].shape[0] == 32512 and "lm_head.weight" in weights
 
 
@@ -54,7 +56,7 @@ def test_only_tiny_bundles_say_their_weights_are_random(tiny_bundle: Path, tmp_p
 def test_variant_comes_from_the_tokenizer_not_the_folder_name(tiny_bundle: Path, tmp_path: Path):
     renamed = tmp_path / "root"
     shutil.copytree(tiny_bundle, renamed)
-    (renamed / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME).rename(renamed / LANGUAGE_MODELS_DIR / "my-model")
+    (renamed / LANGUAGE_MODELS_DIR / BASE_MODEL).rename(renamed / LANGUAGE_MODELS_DIR / "my-model")
     checkpoint = open_checkpoint(renamed)
     assert checkpoint.variant == "base" and checkpoint.language_model.path.name == "my-model"
 
@@ -64,13 +66,13 @@ def test_incomplete_roots_fail_with_the_missing_path(tiny_bundle: Path, tmp_path
         open_checkpoint(tmp_path / "nowhere")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
-    (broken / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin").unlink()
+    (broken / LANGUAGE_MODELS_DIR / BASE_MODEL / "pytorch_model.bin").unlink()
     with pytest.raises(CheckpointError, match="no weights"):
         open_checkpoint(broken)
     shutil.rmtree(broken / "speech_tokenizer" / "hifigan_spiritlm_base")
     shutil.copy(
-        tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "pytorch_model.bin",
-        broken / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME,
+        tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL / "pytorch_model.bin",
+        broken / LANGUAGE_MODELS_DIR / BASE_MODEL,
     )
     with pytest.raises(CheckpointError, match="hifigan_spiritlm_base"):
         open_checkpoint(broken)

@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from spiritserve.checkpoints import BASE_MODEL_NAME, LANGUAGE_MODELS_DIR
+from spiritserve.checkpoints import LANGUAGE_MODELS_DIR, MODEL_NAMES
 from spiritserve.engine.tokenizer import SpiritTextTokenizer
 from spiritserve.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_bundle: Path) -> SpiritTextTokenizer:
-    return SpiritTextTokenizer(tiny_bundle / LANGUAGE_MODELS_DIR / BASE_MODEL_NAME / "tokenizer.model")
+    return SpiritTextTokenizer(tiny_bundle / LANGUAGE_MODELS_DIR / MODEL_NAMES["base"] / "tokenizer.model")
 
 
 def test_unit_pieces_land_where_the_official_ids_are(tokenizer):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from spiritserve.checkpoints import BASE_VOCODER_DIR
+from spiritserve.checkpoints import VOCODER_DIRS
 from spiritserve.tokens import interleave
 from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
@@ -38,7 +38,7 @@ def upload(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def vocoder(tiny_bundle: Path) -> UnitVocoder:
-    return UnitVocoder.from_dir(tiny_bundle / BASE_VOCODER_DIR)
+    return UnitVocoder.from_dir(tiny_bundle / VOCODER_DIRS["base"])
 
 
 def test_clips_cover_formats_rates_and_channels():
