@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -50,10 +50,6 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
-        self.realtime_sessions = Gauge(
-            "spiritserve_realtime_sessions", "open /v1/realtime websocket sessions", registry=self.registry
-        )
-
         self.time_to_first_audio = Histogram(
             "spiritserve_time_to_first_audio_seconds",
             "from a speech request's start to its first audio leaving (the whole answer when not streamed)",
@@ -74,14 +70,10 @@ class ServiceMetrics:
             ["modality"],
             registry=self.registry,
         )
-
-    @property
-    def exposition(self) -> CollectorRegistry:
-        """What `/metrics` (or the metrics port) serves: our series, then vLLM's (running/waiting requests,
-        KV-cache usage), which vLLM keeps in prometheus_client's default registry."""
-        exposition = CollectorRegistry(auto_describe=False)
-        exposition.register(_Chain(self.registry, REGISTRY))
-        return exposition
+        # What `/metrics` (or the metrics port) serves: our series, then vLLM's (running/waiting requests,
+        # KV-cache usage), which vLLM keeps in prometheus_client's default registry.
+        self.exposition = CollectorRegistry(auto_describe=False)
+        self.exposition.register(_Chain(self.registry, REGISTRY))
 
     def watch(self, admission: Admission, app_state: State) -> None:
         """Gauges read when scraped: requests in flight, and items waiting in each speech stage."""
@@ -116,6 +108,9 @@ class _LiveGauges(Collector):
         in_flight = GaugeMetricFamily("spiritserve_in_flight_requests", "model requests being served now")
         in_flight.add_metric([], self.admission.in_flight)
         yield in_flight
+        sessions = GaugeMetricFamily("spiritserve_realtime_sessions", "open /v1/realtime websocket sessions")
+        sessions.add_metric([], self.admission.realtime_sessions)
+        yield sessions
         # The autoscaling signal: REST work and voice sessions alike (a pod full of sessions has no REST work).
         load = GaugeMetricFamily("spiritserve_load", "model requests in flight plus open realtime sessions")
         load.add_metric([], self.admission.in_flight + self.admission.realtime_sessions)

@@ -165,7 +165,7 @@ async def realtime(websocket: WebSocket) -> None:
     connection = RealtimeConnection(websocket, admission, settings.realtime_idle_timeout_s,
                                     settings.realtime_max_message_bytes)  # fmt: skip
     try:
-        with admission.realtime_session(), metrics.realtime_sessions.track_inprogress():
+        with admission.realtime_session():
             session = RealtimeSession(pipeline, settings, admission, metrics, state.vad_factory, connection.send)
             await connection.serve(session)
     except OverloadedError as exc:  # refused before the session opened: draining, or at the session limit
