@@ -27,11 +27,13 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one batch looked like, for metrics: its size and how long its oldest item waited to start."""
+    """What one batch looked like, for metrics: its size, how long its oldest item waited to start, and how
+    long the stage's batch function ran (the stage's share of the worker's time; 0 if it failed)."""
 
     stage: str
     size: int
     queue_wait_s: float
+    run_s: float = 0.0
 
 
 class MicroBatcher(Generic[Item, Result]):
@@ -94,12 +96,12 @@ class MicroBatcher(Generic[Item, Result]):
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future, float]]) -> None:
         loop = asyncio.get_running_loop()
-        if self._on_batch is not None:
-            self._on_batch(BatchStats(self.stage, len(batch), time.perf_counter() - min(q for _, _, q in batch)))
+        queue_wait_s = time.perf_counter() - min(q for _, _, q in batch)
         items = [item for item, _, _ in batch]
         try:
-            results = await loop.run_in_executor(self._executor, self._process, items)
+            results, run_s = await loop.run_in_executor(self._executor, self._timed_process, items)
         except Exception as exc:
+            self._report(BatchStats(self.stage, len(batch), queue_wait_s))
             if len(batch) == 1:
                 _settle(batch[0][1], exception=exc)
                 return
@@ -107,8 +109,19 @@ class MicroBatcher(Generic[Item, Result]):
             for single in batch:
                 await self._run([single])
             return
+        self._report(BatchStats(self.stage, len(batch), queue_wait_s, run_s))
         for (_, future, _), result in zip(batch, results, strict=True):
             _settle(future, result=result)
+
+    def _timed_process(self, items: list[Item]) -> tuple[list[Result], float]:
+        """The batch function, timed on the worker thread itself (not counting a wait for the worker)."""
+        started = time.perf_counter()
+        results = self._process(items)
+        return results, time.perf_counter() - started
+
+    def _report(self, stats: BatchStats) -> None:
+        if self._on_batch is not None:
+            self._on_batch(stats)
 
     async def close(self) -> None:
         if self._collector is not None:

@@ -1,4 +1,4 @@
-"""Command line: `spiritserve serve`, `make-tiny`, `chat`, `soak`, `bench-components` and `check-precision`.
+"""Command line: `spiritserve` serve, make-tiny, chat, soak, bench, bench-components, check-precision, check-batching.
 
 Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
 """
@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from spiritserve.tools import batch_check, bench, chat, precision, soak
+from spiritserve.tools import batch_check, bench, chat, load, precision, soak
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     batch_check.add_parser(commands)  # check-batching
     chat.add_parser(commands)  # chat
     soak.add_parser(commands)  # soak
+    load.add_parser(commands)  # bench (load generator)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

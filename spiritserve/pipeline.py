@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
@@ -20,7 +20,13 @@ import numpy as np
 from spiritserve.audio import SAMPLE_RATE
 from spiritserve.batching import BatchStats, MicroBatcher
 from spiritserve.checkpoints import SpiritCheckpoint
-from spiritserve.engine.engine import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, LanguageModelEngine, TokenRequest
+from spiritserve.engine.engine import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    LanguageModelEngine,
+    TokenRequest,
+)
 from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
 from spiritserve.engine.tokenizer import SpiritTextTokenizer, TokenPiece
 from spiritserve.errors import BadAudioError, BadRequestError
@@ -58,7 +64,7 @@ class SamplingOptions:
 
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    top_k: int = 0
+    top_k: int = DEFAULT_TOP_K  # 0: off
     seed: int | None = None
     max_new_tokens: int | None = None  # unset: from max_speech_seconds for speech, the text default otherwise
     max_speech_seconds: float | None = None
@@ -126,6 +132,13 @@ class TextDelta:
 
 # Streaming expressive speech holds Hu units until the first Pi and St arrive, at most this many (1 s).
 STREAMING_MAX_HELD_UNITS = 25
+# Engine deltas (TokenRequest.delta_tokens). A whole answer needs no token sooner than the end: per-token work
+# in the gateway (duration clock, stop scans) then runs once per 16 tokens, which at 16 concurrent speech answers
+# nearly doubled the tokens/s served on CPU (docs/benchmarks.md). A stop or a filled speech budget is seen at
+# most 15 tokens late; the answer is cut exactly where it would have been. Streamed speech takes 4: its first
+# chunk waits for ~3 more tokens at most. Streamed text keeps 1 (clients show each token).
+OFFLINE_DELTA_TOKENS = 16
+STREAMED_SPEECH_DELTA_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -369,6 +382,7 @@ class SpiritPipeline:
         """A prepared request to its result; `stop` may end the answer early (speech is then vocoded without
         the stop: only ids the rule calls final reach the duration clock)."""
         request_id = request_id or uuid.uuid4().hex
+        request = replace(request, delta_tokens=OFFLINE_DELTA_TOKENS)
         # Speech stops once the predicted durations of what was generated fill the budget (the token budget
         # only bounds it from above: deduplicated units last 40 ms or more each).
         clock = None if output == OutputModality.TEXT else self._open_stream(options)
@@ -410,6 +424,7 @@ class SpiritPipeline:
         With a `stop` rule, ids it may still cut are held back, so a stop is never heard.
         """
         clock = self._open_stream(options)
+        request = replace(request, delta_tokens=STREAMED_SPEECH_DELTA_TOKENS)
         return self._stream_speech(request, clock, options, request_id or uuid.uuid4().hex, stop)
 
     def _open_stream(self, options: SamplingOptions) -> StreamingDecoder:

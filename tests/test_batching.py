@@ -51,6 +51,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_units(phonetic, cli
     assert results == [phonetic.encode([clip])[0] for clip in clips]  # batched == alone, exactly
     assert max(stats.size for stats in seen) == 4  # capped at max_batch_size
     assert sum(stats.size for stats in seen) == len(clips) and len(seen) < len(clips)
+    assert all(stats.run_s > 0 for stats in seen)  # each batch reports how long its stage ran
 
 
 def test_one_bad_item_fails_only_its_own_request(phonetic, clips):

@@ -16,9 +16,11 @@ from pathlib import Path
 from spiritserve.errors import EngineUnavailableError
 
 logger = logging.getLogger(__name__)
-# The reference's sampling defaults, which every API's defaults point to (temperature 0 means greedy).
+# The reference's sampling defaults, which every API's defaults point to (temperature 0 means greedy). Top-k is
+# transformers' GenerationConfig default: the reference never sets it, so its `generate` samples with top-k 50.
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 50
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,12 @@ class TokenRequest:
     stop_token_ids: list[int] = field(default_factory=list)
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    top_k: int = 0
+    top_k: int = DEFAULT_TOP_K  # 0: off
     seed: int | None = None
+    # Tokens vLLM gathers before handing over a delta (its `stream_interval`; the first token always comes at
+    # once). The gateway's per-delta work (stop scans, the duration clock, the thread hop to the speech worker)
+    # then runs once per this many tokens: the consumer sets it to what it can wait for.
+    delta_tokens: int = 1
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class LanguageModelEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from spiritserve.engine.sampling import AllowedIdsTopKTopP
+
         started = time.perf_counter()
         args = AsyncEngineArgs(
             model=str(model_path),
@@ -82,6 +90,7 @@ class LanguageModelEngine:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
+            logits_processors=[AllowedIdsTopKTopP],
         )
         llm = AsyncLLM.from_engine_args(args)
         logger.info("vLLM engine for %s started in %.1f s", model_path, time.perf_counter() - started)
@@ -101,6 +110,8 @@ class LanguageModelEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        from spiritserve.engine.sampling import TOP_K_ARG, TOP_P_ARG
+
         if self._llm.errored:
             raise EngineUnavailableError("the language-model engine has stopped; the server needs a restart")
         params = SamplingParams(
@@ -108,10 +119,13 @@ class LanguageModelEngine:
             allowed_token_ids=request.allowed_token_ids,
             stop_token_ids=request.stop_token_ids,
             temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=request.top_k,
+            # top-k and top-p are applied by AllowedIdsTopKTopP, over the allowed ids only
+            top_p=1.0,
+            top_k=0,
+            extra_args={TOP_K_ARG: request.top_k, TOP_P_ARG: request.top_p},
             seed=request.seed,
             detokenize=False,
+            stream_interval=request.delta_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
         outputs = self._llm.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), params, request_id)

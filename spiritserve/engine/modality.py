@@ -20,7 +20,8 @@ def allowed_token_ids(
     tokenizer: SpiritTextTokenizer, output: OutputModality, vocoder_sizes: dict[UnitKind, int]
 ) -> list[int]:
     """Text output: text pieces (EOS included, so text can end). Speech: vocodable units only (EOS banned,
-    as in the reference, so speech runs to its budget). Arbitrary: both plus the modality markers."""
+    so speech runs to its budget; the reference's ban does not hold in transformers: docs/design.md).
+    Arbitrary: both plus the modality markers."""
     speech = vocodable_unit_ids(tokenizer, vocoder_sizes)
     if output == OutputModality.TEXT:
         return tokenizer.text_ids

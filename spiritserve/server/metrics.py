@@ -49,6 +49,12 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.stage_seconds = Counter(
+            "spiritserve_stage_seconds",
+            "seconds the speech worker spent running each stage's batches: the stages' share of the gateway's time",
+            ["stage"],
+            registry=self.registry,
+        )
 
         self.time_to_first_audio = Histogram(
             "spiritserve_time_to_first_audio_seconds",
@@ -88,6 +94,7 @@ class ServiceMetrics:
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.labels(stats.stage).observe(stats.size)
         self.queue_wait.labels(stats.stage).observe(stats.queue_wait_s)
+        self.stage_seconds.labels(stats.stage).inc(stats.run_s)
 
 
 class _Chain(Collector):

@@ -35,6 +35,7 @@ from spiritserve.errors import BadRequestError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts
 from spiritserve.pipeline import GenerationInput, GenerationResult, SamplingOptions, SpiritPipeline
 from spiritserve.server.error_messages import error_headers
+from spiritserve.server.metrics import ServiceMetrics
 from spiritserve.server.openai_schemas import (
     AssistantMessage,
     AudioOutputOptions,
@@ -327,7 +328,10 @@ async def chat_completions(
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         token_request = await pipeline.prepare(inputs, output, options)
-        events = _chat_events(pipeline, token_request, options, output, completion_id, created, model, include_usage)
+        metrics = request.app.state.metrics
+        events = _chat_events(
+            pipeline, metrics, token_request, options, output, completion_id, created, model, include_usage
+        )
         return StreamingResponse(events, media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
     started = time.perf_counter()
     result = await cancel_on_disconnect(request, pipeline.generate(inputs, output, options, completion_id))
@@ -351,6 +355,7 @@ async def chat_completions(
 
 async def _chat_events(
     pipeline: SpiritPipeline,
+    metrics: ServiceMetrics,
     token_request,
     options: SamplingOptions,
     output: OutputModality,
@@ -392,6 +397,8 @@ async def _chat_events(
         logger.warning("request %s: stream ended by %r", completion_id, exc)
         yield _sse_error(exc)
         return
+    finally:  # what was generated, also when the client left early
+        metrics.generated_tokens.labels(output.value).inc(completion_tokens)
     yield chunk({}, finish_reason)
     if include_usage:
         prompt_tokens = len(token_request.prompt_ids)

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from spiritserve.engine.engine import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from spiritserve.engine.engine import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from spiritserve.tokens import OutputModality
 
 MAX_SEED = 2**63 - 1  # a signed 64-bit integer: the engine cannot take a larger seed
@@ -17,7 +17,7 @@ class SamplingFields(BaseModel):
 
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    top_k: int = Field(DEFAULT_TOP_K, ge=0, description="0 disables top-k")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same prompt: same output")
     max_new_tokens: int | None = Field(None, ge=1, le=8192)
     max_speech_seconds: float | None = Field(None, gt=0, description="speech output budget (25 tokens/s)")

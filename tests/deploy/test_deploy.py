@@ -45,7 +45,7 @@ CUSTOM_KINDS = {
 }
 
 # Every metric the dashboards and autoscalers may use (the service's own and vLLM's).
-COUNTERS = {"spiritserve_requests_total", "spiritserve_generated_tokens_total"}
+COUNTERS = {"spiritserve_requests_total", "spiritserve_generated_tokens_total", "spiritserve_stage_seconds_total"}
 HISTOGRAMS = {
     "spiritserve_request_duration_seconds",
     "spiritserve_batch_size",
