@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> None:
     from spiritserve.preflight import prepare_checkpoint
     from spiritserve.settings import Settings
 
-    flags = ("checkpoints", "variant", "host", "port")
+    flags = ("checkpoints", "variant", "host", "port", "engine_url")
     settings = Settings(**{key: value for key, value in vars(args).items() if key in flags and value})
     try:  # before the server, its imports and the engine: a broken root is reported in seconds
         checkpoint = prepare_checkpoint(settings)
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--variant", choices=["base", "expressive"], help="default: the only one present, else base")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--engine-url",
+        help="use a running vLLM server (or vllm-router) at this /v1 URL instead of "
+        "starting an engine here (SPIRITSERVE_ENGINE_URL)",
+    )
     serve.set_defaults(run=_serve)
 
     tiny = commands.add_parser("make-tiny", help="write a tiny random bundle in the official layout")

@@ -5,6 +5,7 @@ class SpiritServeError(Exception):
     """Base of every error spiritserve raises on purpose."""
 
     status_code = 500
+    retry_after_s: int | None = None  # set: a 429/503 the client should retry after this many seconds
 
 
 class CheckpointError(SpiritServeError):
@@ -44,9 +45,10 @@ class ForbiddenOriginError(SpiritServeError):
 
 
 class EngineUnavailableError(SpiritServeError):
-    """The LM engine is not running (still starting, or dead)."""
+    """The LM engine is not running (still starting, dead, or a remote engine out of reach)."""
 
     status_code = 503
+    retry_after_s = 5  # a remote engine's replacement, or the next health probe, is seconds away
 
 
 class UnauthorizedError(SpiritServeError):

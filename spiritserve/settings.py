@@ -98,6 +98,15 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
 
+    engine_url: str | None = Field(
+        None,
+        description="a running vLLM OpenAI-compatible server (or vllm-router), e.g. http://engine:8000/v1, used "
+        "instead of an engine in this process; unset: in-process",
+    )
+    engine_wait_s: float = Field(600.0, gt=0, description="remote engine: how long start-up waits for it to answer")
+    engine_failover_s: float = Field(
+        10.0, ge=0, description="remote engine: how long a request that got no token yet is retried on engine failure"
+    )
     engine_dtype: str = "bfloat16"
     engine_max_model_len: int = Field(4096, gt=0)
     engine_max_num_seqs: int = Field(64, gt=0)
@@ -107,7 +116,7 @@ class Settings(BaseSettings):
     engine_memory_fraction: float = Field(0.9, gt=0, le=1, description="vLLM gpu_memory_utilization")
     engine_enforce_eager: bool = False
 
-    @field_validator("checkpoints", mode="before")
+    @field_validator("checkpoints", "engine_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

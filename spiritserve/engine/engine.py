@@ -1,9 +1,11 @@
-"""Spirit LM hosted in vLLM's `AsyncLLM`: token-id prompts in, streamed token-id deltas out.
+"""The language-model engine: token-id prompts in, streamed token-id deltas out.
 
-The engine never sees strings: prompts are built and tokenized by `spiritserve.engine.tokenizer` exactly as
-the reference does, so vLLM runs with `skip_tokenizer_init`. Output modality is forced with
-`allowed_token_ids` (a static mask, the reference's `bad_words_ids` inverted). Every request has a token
-budget and a wall-clock deadline, and is aborted in vLLM whenever its consumer stops listening.
+`LanguageModelEngine` is what the pipeline needs of it; two engines provide it: `InProcessEngine` hosts vLLM's
+`AsyncLLM` in this process (the default), `engine.remote.RemoteEngine` calls a separate `vllm serve` (or a router
+in front of several). The engine never sees strings: prompts are built and tokenized by
+`spiritserve.engine.tokenizer` exactly as the reference does, so vLLM runs with `skip_tokenizer_init`. Output
+modality is forced with `allowed_token_ids` (a static mask, the reference's `bad_words_ids` inverted). Every
+request has a token budget and a wall-clock deadline, and is aborted in vLLM whenever its consumer stops listening.
 """
 
 import asyncio
@@ -12,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from spiritserve.errors import EngineUnavailableError
 
@@ -52,6 +55,9 @@ class TokenRequest:
     # once). The gateway's per-delta work (stop scans, the duration clock, the thread hop to the speech worker)
     # then runs once per this many tokens: the consumer sets it to what it can wait for.
     delta_tokens: int = 1
+    # Requests with the same key should reach the same engine replica, which holds their common prefix in its
+    # KV cache (a realtime session's conversation). Only a remote engine behind a router uses it.
+    affinity_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,37 @@ class TokenDelta:
     finish_reason: str | None = None
 
 
-class LanguageModelEngine:
-    """Owns one vLLM `AsyncLLM`. Create with `start()` inside the server's lifespan, close with `shutdown()`."""
+class LanguageModelEngine(Protocol):
+    """What the pipeline and the server need of an engine, wherever it runs."""
 
-    def __init__(self, llm, model_path: Path) -> None:
+    @property
+    def is_healthy(self) -> bool:
+        """It takes requests now (readiness)."""
+        ...
+
+    @property
+    def has_failed(self) -> bool:
+        """It will never take requests again: only restarting this process helps (liveness)."""
+        ...
+
+    def stream(self, request: TokenRequest, request_id: str, timeout_s: float) -> AsyncIterator[TokenDelta]:
+        """Token deltas until the budget, a stop token or the deadline (then finish_reason "timeout"); the
+        request is aborted in the engine when the iterator is closed early. Raises EngineUnavailableError
+        when the engine cannot take it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessEngine:
+    """Owns one vLLM `AsyncLLM`. Create with `start()` inside the server's lifespan, end with `close()`."""
+
+    def __init__(self, llm: Any, model_path: Path) -> None:
         self._llm = llm
         self.model_path = model_path
 
     @classmethod
-    def start(cls, model_path: Path, settings: EngineSettings) -> "LanguageModelEngine":
+    def start(cls, model_path: Path, settings: EngineSettings) -> "InProcessEngine":
         # vLLM is imported here, not at module level: importing spiritserve must stay cheap and side-effect free.
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -100,12 +128,13 @@ class LanguageModelEngine:
     def is_healthy(self) -> bool:
         return not self._llm.errored
 
-    async def stream(self, request: TokenRequest, request_id: str, timeout_s: float) -> AsyncIterator[TokenDelta]:
-        """Yield token deltas until the budget, a stop token or the deadline; abort in vLLM if abandoned.
+    @property
+    def has_failed(self) -> bool:
+        return bool(self._llm.errored)  # a dead in-process engine never comes back
 
-        A deadline ends the stream with finish_reason "timeout" and the tokens produced so far, rather
-        than an error: for speech, the audio generated until then is still worth returning.
-        """
+    async def stream(self, request: TokenRequest, request_id: str, timeout_s: float) -> AsyncIterator[TokenDelta]:
+        """A deadline ends the stream with finish_reason "timeout" and the tokens produced so far, rather
+        than an error: for speech, the audio generated until then is still worth returning."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -153,5 +182,5 @@ class LanguageModelEngine:
                 await self._llm.abort(request_id)
             await outputs.aclose()
 
-    def shutdown(self) -> None:
+    async def close(self) -> None:
         self._llm.shutdown()

@@ -13,7 +13,7 @@ strictly above it hold less than top-p of the probability (the top token always 
 
 It runs in vLLM's argmax-invariant group, after temperature scaling, as top-p must (temperature changes the
 distribution it cuts); greedy requests never reach it. Loaded by vLLM in the engine process from
-`LanguageModelEngine.start`.
+`InProcessEngine.start`.
 """
 
 from dataclasses import dataclass

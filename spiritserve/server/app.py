@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spiritserve import __version__
 from spiritserve.checkpoints import SpiritCheckpoint
-from spiritserve.engine.engine import LanguageModelEngine
-from spiritserve.errors import SpiritServeError
+from spiritserve.engine.engine import InProcessEngine, LanguageModelEngine
+from spiritserve.engine.remote import RemoteEngine
+from spiritserve.errors import CheckpointError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts, build_prompts, read_pools
 from spiritserve.pipeline import SpiritPipeline
 from spiritserve.server.admission import ApiKeys, RateLimiter
@@ -49,6 +50,21 @@ def _speech_device(settings: Settings) -> str:
     return settings.device
 
 
+async def start_engine(settings: Settings, checkpoint: SpiritCheckpoint) -> LanguageModelEngine:
+    """vLLM in this process, or the remote engine at `engine_url` once it answers."""
+    if settings.engine_url is None:
+        engine_settings = settings.engine_settings(on_cpu=not torch.cuda.is_available())
+        return InProcessEngine.start(checkpoint.language_model.path, engine_settings)
+    engine = await RemoteEngine.connect(settings.engine_url, settings.engine_wait_s, settings.engine_failover_s)
+    if engine.max_model_len is not None and engine.max_model_len < settings.engine_max_model_len:
+        await engine.close()
+        raise CheckpointError(
+            f"the engine at {settings.engine_url} serves a context of {engine.max_model_len} tokens, less than this "
+            f"gateway's {settings.engine_max_model_len} (SPIRITSERVE_ENGINE_MAX_MODEL_LEN): give both the same value"
+        )
+    return engine
+
+
 async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metrics: ServiceMetrics) -> SpiritPipeline:
     """Load the speech stages and start the engine for a checkpoint that passed `prepare_checkpoint`."""
     device = _speech_device(settings)
@@ -59,7 +75,6 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
         checkpoint.root,
         device,
     )
-    engine_on_cpu = not torch.cuda.is_available()
     with config_key_policy(strict=settings.strict_config):
         speech_tokenizer = await asyncio.to_thread(
             SpeechTokenizer.from_dirs,
@@ -70,7 +85,7 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
             getattr(torch, settings.speech_dtype),
         )
         vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
-    engine = LanguageModelEngine.start(checkpoint.language_model.path, settings.engine_settings(on_cpu=engine_on_cpu))
+    engine = await start_engine(settings, checkpoint)
     limits = settings.pipeline_limits()
     return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
 
@@ -137,7 +152,7 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
             yield
         finally:
             app.state.pipeline = None
-            pipeline.engine.shutdown()
+            await pipeline.engine.close()
             await pipeline.close()
 
     app = FastAPI(

@@ -7,7 +7,7 @@ import json
 
 from starlette.types import Message
 
-from spiritserve.errors import OverloadedError, SpiritServeError, UnauthorizedError
+from spiritserve.errors import SpiritServeError, UnauthorizedError
 
 
 def error_body(exc: SpiritServeError) -> dict[str, dict[str, str]]:
@@ -16,7 +16,7 @@ def error_body(exc: SpiritServeError) -> dict[str, dict[str, str]]:
 
 def error_headers(exc: SpiritServeError) -> dict[str, str]:
     """Retry-After on 429/503 (when to come back), WWW-Authenticate on 401 (how to authenticate)."""
-    if isinstance(exc, OverloadedError):
+    if exc.retry_after_s is not None:
         return {"Retry-After": str(exc.retry_after_s)}
     if isinstance(exc, UnauthorizedError):
         return {"WWW-Authenticate": "Bearer"}

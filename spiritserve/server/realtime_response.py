@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -93,7 +94,8 @@ class ResponseStreamer:
                 await self.send(ResponseCreated(response=response))
                 prompt = self.conversation.prompt(self.pipeline, instructions, output, self.context_tokens,
                                                   prompt_items)  # fmt: skip
-                request = self.pipeline.request_for(prompt, output, options)
+                # The session's requests share a growing prefix: keep them on one engine replica (remote mode).
+                request = replace(self.pipeline.request_for(prompt, output, options), affinity_key=self.session_id)
                 prompt_tokens = len(request.prompt_ids)
                 follows = self.conversation.items[-1] if self.conversation.items else None  # before new user turns
                 await self.send(ResponseOutputItemAdded(response_id=response.id, output_index=0, item=Item(

@@ -398,10 +398,11 @@ def _probe_answers(model: type, ok: str, failing: str) -> dict:
 
 @router.get("/healthz", responses=_probe_answers(Liveness, "alive", "the LM engine has failed: restart the process"))
 async def healthz(request: Request) -> JSONResponse:
-    """Liveness: the process serves HTTP and its LM engine has not failed. A dead engine never comes back, so
-    failing here lets the orchestrator restart the pod (readiness alone would leave it NotReady forever)."""
+    """Liveness: the process serves HTTP and its LM engine has not failed. A dead in-process engine never comes
+    back, so failing here lets the orchestrator restart the pod (readiness alone would leave it NotReady forever);
+    a remote engine out of reach shows in readiness only, since restarting this gateway would not help."""
     pipeline = getattr(request.app.state, "pipeline", None)
-    if pipeline is not None and not pipeline.engine.is_healthy:
+    if pipeline is not None and pipeline.engine.has_failed:
         return JSONResponse({"status": "engine_failed"}, status_code=503)
     return JSONResponse({"status": "ok"})
 

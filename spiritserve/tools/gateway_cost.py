@@ -3,7 +3,7 @@
 The server side is `/v1/generate` with a speech prompt given as unit tokens (so the speech tokenizer is not
 involved) and speech output (so the per-delta duration clock, the vocoder and the JSON/base64 answer are), or
 text output (the gateway alone: HTTP, pipeline, per-delta work). The direct side is
-`LanguageModelEngine.stream` in this process, on the same checkpoint (read from the server's `/v1/server`),
+`InProcessEngine.stream` in this process, on the same checkpoint (read from the server's `/v1/server`),
 with the same engine settings (this process's `SPIRITSERVE_*` environment, as the server's), prompt ids,
 allowed ids, sampling and delta size. Both sides run `concurrency` requests at once; rounds alternate so that
 drift of the host's speed hits both. The ratio of tokens/s (server ÷ direct) is the gateway's efficiency:
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import httpx
 
-    from spiritserve.engine.engine import LanguageModelEngine, TokenRequest
+    from spiritserve.engine.engine import InProcessEngine, TokenRequest
     from spiritserve.tokens import OutputModality
 
 
@@ -72,7 +72,7 @@ class GatewayCost:
 class ServedModel:
     """The server's checkpoint, opened in this process the way the server opens it."""
 
-    engine: LanguageModelEngine
+    engine: InProcessEngine
     tokenizer: Any  # SpiritTextTokenizer
     vocoder_sizes: dict[Any, int]  # unit kind -> vocoder rows (0: stream absent)
 
@@ -102,7 +102,7 @@ def open_served_model(checkpoint_root: Path, variant: str) -> ServedModel:
     import torch
 
     from spiritserve.checkpoints import open_checkpoint
-    from spiritserve.engine.engine import LanguageModelEngine
+    from spiritserve.engine.engine import InProcessEngine
     from spiritserve.engine.tokenizer import SpiritTextTokenizer
     from spiritserve.preflight import unit_tables
     from spiritserve.settings import Settings
@@ -112,11 +112,11 @@ def open_served_model(checkpoint_root: Path, variant: str) -> ServedModel:
     vocoder_sizes = {kind: vocoded[kind].size if kind in vocoded else 0 for kind in ("Hu", "Pi", "St")}
     tokenizer = SpiritTextTokenizer(checkpoint.language_model.tokenizer_path)
     settings = Settings().engine_settings(on_cpu=not torch.cuda.is_available())
-    engine = LanguageModelEngine.start(checkpoint.language_model.path, settings)
+    engine = InProcessEngine.start(checkpoint.language_model.path, settings)
     return ServedModel(engine, tokenizer, vocoder_sizes)
 
 
-async def _direct_round(engine: LanguageModelEngine, requests: list[TokenRequest], timeout_s: float) -> GatewayRound:
+async def _direct_round(engine: InProcessEngine, requests: list[TokenRequest], timeout_s: float) -> GatewayRound:
     async def one(index: int, request: TokenRequest) -> int:
         count = 0
         async for delta in engine.stream(request, f"gateway-direct-{time.monotonic_ns()}-{index}", timeout_s):

@@ -729,7 +729,7 @@ async def _gateway_cost(
             for output in (OutputModality.SPEECH, OutputModality.TEXT)
         ]  # fmt: skip
     finally:
-        model.engine.shutdown()
+        await model.engine.close()
 
 
 CONTINUATION_WORKLOADS = ("continue", "continue-stream", "generate")  # the baseline's workload, served
