@@ -126,9 +126,11 @@ def check_unit_tables(checkpoint: SpiritCheckpoint) -> None:
         )
 
 
-def check_checkpoint(checkpoint: SpiritCheckpoint, max_model_len: int, on_cpu: bool) -> None:
-    """All start-up checks; raises CheckpointError naming the file and the field."""
-    check_attention_head_size(checkpoint, on_cpu)
+def check_checkpoint(checkpoint: SpiritCheckpoint, max_model_len: int, on_cpu: bool | None) -> None:
+    """All start-up checks; raises CheckpointError naming the file and the field. ``on_cpu`` None: the engine
+    runs elsewhere (remote mode), on a platform only it knows, and checks the head size itself."""
+    if on_cpu is not None:
+        check_attention_head_size(checkpoint, on_cpu)
     check_context_length(checkpoint, max_model_len)
     check_unit_tables(checkpoint)
 
@@ -142,5 +144,6 @@ def prepare_checkpoint(settings: Settings) -> SpiritCheckpoint:
         ensure_embedded_default(root)
     checkpoint = open_checkpoint(root, settings.variant)
     with config_key_policy(strict=settings.strict_config):
-        check_checkpoint(checkpoint, settings.engine_max_model_len, on_cpu=not torch.cuda.is_available())
+        engine_on_cpu = None if settings.engine_url else not torch.cuda.is_available()
+        check_checkpoint(checkpoint, settings.engine_max_model_len, on_cpu=engine_on_cpu)
     return checkpoint

@@ -56,6 +56,9 @@ async def start_engine(settings: Settings, checkpoint: SpiritCheckpoint) -> Lang
         engine_settings = settings.engine_settings(on_cpu=not torch.cuda.is_available())
         return InProcessEngine.start(checkpoint.language_model.path, engine_settings)
     engine = await RemoteEngine.connect(settings.engine_url, settings.engine_wait_s, settings.engine_failover_s)
+    if engine.model_id != checkpoint.language_model.path.name:  # a name is all the API tells of the weights
+        logger.warning("the engine at %s serves %r, not %r: is it started on this checkpoint's LM folder?",
+                       settings.engine_url, engine.model_id, checkpoint.language_model.path.name)  # fmt: skip
     if engine.max_model_len is not None and engine.max_model_len < settings.engine_max_model_len:
         await engine.close()
         raise CheckpointError(
