@@ -6,7 +6,10 @@ result; a collector task takes the first waiting item, then keeps collecting unt
 worker thread. The batch functions pad and mask so that a batched result equals the result of the same
 item alone (tested per stage), so batching changes throughput, never output.
 
-If a batch fails, its items are retried one by one, so one bad input fails only its own request.
+If a batch fails, its items are retried one by one, so one bad input fails only its own request. Running out of
+GPU memory is a failure like that: the batch's memory is released first (the exception's frames hold the failed
+forward's tensors, so it is dropped before the cache is emptied), the items go one by one, and an item that does
+not fit even alone is refused with OutOfAcceleratorMemoryError (503 + Retry-After), not a crash.
 """
 
 import asyncio
@@ -17,7 +20,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from spiritserve.errors import OverloadedError
+import torch
+
+from spiritserve.errors import OutOfAcceleratorMemoryError, OverloadedError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +121,15 @@ class MicroBatcher(Generic[Item, Result]):
     def _timed_process(self, items: list[Item]) -> tuple[list[Result], float]:
         """The batch function, timed on the worker thread itself (not counting a wait for the worker)."""
         started = time.perf_counter()
-        results = self._process(items)
+        out_of_memory = False
+        try:
+            results = self._process(items)
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # raised below, outside this block: here the exception still holds its frames
+        if out_of_memory:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfAcceleratorMemoryError(f"the {self.stage} stage ran out of GPU memory on {len(items)} item(s)")
         return results, time.perf_counter() - started
 
     def _report(self, stats: BatchStats) -> None:

@@ -76,3 +76,7 @@ class RateLimitedError(OverloadedError):
     """This API key (or client address) sent more requests per minute than it may."""
 
     status_code = 429
+
+
+class OutOfAcceleratorMemoryError(OverloadedError):
+    """A speech stage ran out of GPU memory on this item even alone; its memory was freed for the next ones."""

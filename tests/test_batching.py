@@ -1,16 +1,19 @@
 """Micro-batching with the real tiny speech tokenizer: batches form, and batching never changes units."""
 
 import asyncio
+import gc
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from spiritserve.batching import BatchStats, MicroBatcher
 from spiritserve.checkpoints import HUBERT_DIR
-from spiritserve.errors import BadAudioError
+from spiritserve.errors import BadAudioError, OutOfAcceleratorMemoryError
 from spiritserve.resample import resample
 from spiritserve.tokenizers.phonetic import PhoneticTokenizer
 
@@ -70,3 +73,26 @@ def test_a_lone_request_waits_at_most_max_wait(phonetic, clips):
         run_concurrently(batcher, [clips[0]])
     assert [stats.size for stats in seen] == [1]
     assert seen[0].queue_wait_s < 1.0  # the 20 ms window, not a wait for a full batch
+
+
+def test_out_of_gpu_memory_frees_the_batch_then_serves_items_alone_and_refuses_what_never_fits():
+    """torch.OutOfMemoryError is what CUDA raises; here a stand-in stage raises it for any batch of more than one
+    item and for the item marked "huge", keeping a tensor alive in the failing frame as a real forward would."""
+    failed_forwards: list[weakref.ref] = []
+
+    def stage(items: list[str]) -> list[str]:
+        activations = torch.zeros(1024)  # what the failed forward held
+        if len(items) > 1 or "huge" in items:
+            failed_forwards.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [item.upper() for item in items]
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        batcher = MicroBatcher("vocoder", stage, worker, max_batch_size=8, max_wait_s=0.05)
+        results = run_concurrently(batcher, ["a", "b", "huge", "c"])
+    assert results[:2] == ["A", "B"] and results[3] == "C"
+    refused = results[2]
+    assert isinstance(refused, OutOfAcceleratorMemoryError) and refused.status_code == 503 and refused.retry_after_s
+    assert refused.__context__ is None  # nothing chains back to the failed forward's frames
+    gc.collect()
+    assert failed_forwards and all(ref() is None for ref in failed_forwards), "a failed forward's tensors live on"
