@@ -57,6 +57,7 @@ class LanguageModelFolder:
     max_position_embeddings: int
     head_size: int  # what vLLM's attention kernels are compiled for (Llama-2-7B: 4096 / 32 = 128)
     variant: Variant
+    parameter_count: int  # from the config, for planning GPU memory before anything loads (Llama-2-7B: 6.7 B)
 
     @property
     def config_path(self) -> Path:
@@ -93,6 +94,7 @@ def open_language_model(path: Path) -> LanguageModelFolder:
         max_position_embeddings=_positive_int(config, "max_position_embeddings", config_path, default=4096),
         head_size=_head_size(config, config_path),
         variant="expressive" if expressive else "base",
+        parameter_count=_llama_parameter_count(config, config_path),
     )
 
 
@@ -101,6 +103,21 @@ def _positive_int(config: dict, key: str, config_path: Path, default: int | None
     if type(value) is not int or value < 1:
         raise CheckpointError(f"{config_path}: {key} must be a positive integer, found {value!r}")
     return value
+
+
+def _llama_parameter_count(config: dict, config_path: Path) -> int:
+    """Embeddings, per layer attention (grouped K/V heads where the config has them), the gated MLP and two
+    norms, the final norm, and the output head unless tied to the embeddings."""
+    hidden = _positive_int(config, "hidden_size", config_path)
+    layers = _positive_int(config, "num_hidden_layers", config_path)
+    heads = _positive_int(config, "num_attention_heads", config_path)
+    kv_heads = _positive_int(config, "num_key_value_heads", config_path, default=heads)
+    vocab = _positive_int(config, "vocab_size", config_path)
+    head_size = _head_size(config, config_path)
+    attention = 2 * hidden * heads * head_size + 2 * hidden * kv_heads * head_size
+    mlp = 3 * hidden * _positive_int(config, "intermediate_size", config_path)
+    output = 0 if config.get("tie_word_embeddings") else vocab * hidden
+    return vocab * hidden + layers * (attention + mlp + 2 * hidden) + hidden + output
 
 
 def _head_size(config: dict, config_path: Path) -> int:

@@ -7,8 +7,9 @@ the first request it answers).
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import torch
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from spiritserve.engine.engine import InProcessEngine, LanguageModelEngine
 from spiritserve.engine.remote import RemoteEngine
 from spiritserve.errors import CheckpointError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts, build_prompts, read_pools
+from spiritserve.gpu_memory import share_gpu, speech_workload
 from spiritserve.pipeline import SpiritPipeline
 from spiritserve.server.admission import ApiKeys, RateLimiter
 from spiritserve.server.auth import AccessMiddleware, OriginPolicy
@@ -50,10 +52,19 @@ def _speech_device(settings: Settings) -> str:
     return settings.device
 
 
-async def start_engine(settings: Settings, checkpoint: SpiritCheckpoint) -> LanguageModelEngine:
-    """vLLM in this process, or the remote engine at `engine_url` once it answers."""
+async def start_engine(
+    settings: Settings, checkpoint: SpiritCheckpoint, speech_on_gpu: Callable[[], None] | None
+) -> LanguageModelEngine:
+    """vLLM in this process, or the remote engine at `engine_url` once it answers. `speech_on_gpu`: the speech
+    stages' planning workload when they share the GPU with an in-process engine (gpu_memory.py)."""
     if settings.engine_url is None:
         engine_settings = settings.engine_settings(on_cpu=not torch.cuda.is_available())
+        if speech_on_gpu is not None and torch.cuda.is_available():
+            fraction, dtype = engine_settings.gpu_memory_utilization, engine_settings.dtype
+            parameters = checkpoint.language_model.parameter_count
+            plan = await asyncio.to_thread(share_gpu, speech_on_gpu, fraction, parameters, dtype)
+            logger.info("%s", plan.describe())
+            engine_settings = replace(engine_settings, gpu_memory_utilization=plan.engine_fraction)
         return InProcessEngine.start(checkpoint.language_model.path, engine_settings)
     engine = await RemoteEngine.connect(settings.engine_url, settings.engine_wait_s, settings.engine_failover_s)
     if engine.model_id != checkpoint.language_model.path.name:  # a name is all the API tells of the weights
@@ -88,7 +99,8 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
             getattr(torch, settings.speech_dtype),
         )
         vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
-    engine = await start_engine(settings, checkpoint)
+    speech_on_gpu = speech_workload(speech_tokenizer, vocoder, settings.batch_max_size) if device == "cuda" else None
+    engine = await start_engine(settings, checkpoint, speech_on_gpu)
     limits = settings.pipeline_limits()
     return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
 
