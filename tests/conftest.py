@@ -83,13 +83,19 @@ def serve_process(
             time.sleep(1)
         yield url, process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """SIGTERM to a process started with its own session (and its children), SIGKILL if it lingers a minute."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from spiritserve.settings import CPU_KV_CACHE_BYTES
-from tests.conftest import free_port, serve_process
+from tests.conftest import free_port, serve_process, stop_process
 from tests.server.test_realtime import CLIP, Session, commit_and_answer, configure, open_session
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -54,7 +53,7 @@ class Engine:
         wait_for(lambda: _status(f"{self.url}/health") == 200, self.process, self.log_path, "engine")
 
     def stop(self) -> None:
-        stop(self.process)
+        stop_process(self.process)
 
     def metric(self, name: str) -> float:
         """A vLLM series on this engine's own /metrics, summed over its labels."""
@@ -91,17 +90,6 @@ def wait_for(condition, process: subprocess.Popen | None, log_path: Path, what: 
         time.sleep(1)
 
 
-def stop(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 @contextlib.contextmanager
 def router(engines: list[Engine], log_path: Path) -> Iterator[str]:
     """vllm-router in front of the engines, routing on the session key (consistent_hash), checking health every
@@ -120,7 +108,7 @@ def router(engines: list[Engine], log_path: Path) -> Iterator[str]:
         wait_for(lambda: _status(f"{url}/readiness") == 200, process, log_path, "router")
         yield url
     finally:
-        stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
