@@ -60,7 +60,7 @@ class RemoteEngine:
     ) -> "RemoteEngine":
         """Wait up to `wait_s` for the engine to answer (it may still be loading), then watch its health."""
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=None)  # a stream's gaps are bounded by its own deadline
-        # Uncompressed: a router that compresses an event stream holds the deltas back until a block fills.
+        # Uncompressed: a proxy that compressed the event stream would hold deltas back until a block filled.
         client = httpx.AsyncClient(timeout=timeout, headers={"Accept-Encoding": "identity"})
         engine = cls(base_url, client, probe_interval_s, failover_s)
         deadline = time.monotonic() + wait_s
