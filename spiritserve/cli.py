@@ -1,4 +1,5 @@
-"""Command line: `spiritserve` serve, make-tiny, chat, soak, bench, bench-components, check-precision, check-batching.
+"""Command line: `spiritserve` serve, make-tiny, chat, soak, bench, bench-components, check-precision, check-batching,
+check-contention.
 
 Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
 """
@@ -9,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from spiritserve.tools import batch_check, bench, chat, load, precision, soak
+from spiritserve.tools import batch_check, bench, chat, contention, load, precision, soak
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     chat.add_parser(commands)  # chat
     soak.add_parser(commands)  # soak
     load.add_parser(commands)  # bench (load generator)
+    contention.add_parser(commands)  # check-contention
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

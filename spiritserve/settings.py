@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from spiritserve.engine.engine import EngineSettings
+from spiritserve.numerics import Precision
 from spiritserve.server.admission import Admission
 
 if TYPE_CHECKING:  # the pipeline imports torch and every stage; only `pipeline_limits` needs it, when called
@@ -43,8 +44,13 @@ class Settings(BaseSettings):
     strict_config: bool = Field(
         False, description="refuse unknown keys in the checkpoint's config files (default: log them and go on)"
     )
-    speech_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="speech encoders' precision; reduce only where check-precision shows >= 99.5%"
+    speech_dtype: Precision = Field(
+        "float32",
+        description="speech encoders' precision (float32 exact, tf32, bfloat16, float16); reduce only where "
+        "check-precision shows >= 99.5% unit agreement",
+    )
+    vocoder_dtype: Precision = Field(
+        "float32", description="vocoder generator's precision (durations stay exact); see check-precision's SNR"
     )
 
     max_upload_bytes: int = Field(

@@ -96,9 +96,9 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
             checkpoint.pitch_dir,
             checkpoint.style_dir,
             device,
-            getattr(torch, settings.speech_dtype),
+            settings.speech_dtype,
         )
-        vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device)
+        vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device, settings.vocoder_dtype)
     speech_on_gpu = speech_workload(speech_tokenizer, vocoder, settings.batch_max_size) if device == "cuda" else None
     engine = await start_engine(settings, checkpoint, speech_on_gpu)
     limits = settings.pipeline_limits()

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from spiritserve.numerics import Precision, precision_scope
 from spiritserve.tokenizers.phonetic import PhoneticTokenizer
 from spiritserve.tokenizers.pitch import PitchTokenizer
 from spiritserve.tokenizers.style import StyleTokenizer
@@ -41,16 +41,16 @@ class SpeechTokenizer:
         phonetic: PhoneticTokenizer,
         pitch: PitchTokenizer | None = None,
         style: StyleTokenizer | None = None,
-        compute_dtype: torch.dtype = torch.float32,
+        precision: Precision = "float32",
     ) -> None:
-        """compute_dtype: fp32, or a reduced precision run under autocast — only where
-        `spiritserve check-precision` measured ≥ 99.5 % unit agreement with fp32."""
+        """precision: exact fp32 unless `spiritserve check-precision` measured ≥ 99.5 % unit agreement with it
+        (spiritserve.numerics)."""
         if (pitch is None) != (style is None):
             raise ValueError("the expressive variant needs both a pitch and a style tokenizer")
         self.phonetic = phonetic
         self.pitch = pitch
         self.style = style
-        self.compute_dtype = compute_dtype
+        self.precision = precision
 
     @classmethod
     def from_dirs(
@@ -59,15 +59,15 @@ class SpeechTokenizer:
         pitch_dir: Path | None = None,
         style_dir: Path | None = None,
         device: str = "cpu",
-        compute_dtype: torch.dtype = torch.float32,
+        precision: Precision = "float32",
     ) -> "SpeechTokenizer":
         """Load the encoders from their folders (a `SpiritCheckpoint` names them); pitch and style for the
         expressive variant only."""
         phonetic = PhoneticTokenizer.from_dir(hubert_dir, device)
         if pitch_dir is None or style_dir is None:
-            return cls(phonetic, compute_dtype=compute_dtype)
+            return cls(phonetic, precision=precision)
         pitch = PitchTokenizer.from_dir(pitch_dir, device)
-        return cls(phonetic, pitch, StyleTokenizer.from_dir(style_dir, device), compute_dtype)
+        return cls(phonetic, pitch, StyleTokenizer.from_dir(style_dir, device), precision)
 
     @property
     def is_expressive(self) -> bool:
@@ -75,8 +75,7 @@ class SpeechTokenizer:
 
     def encode(self, waveforms: list[np.ndarray]) -> list[SpeechUnits]:
         """16 kHz mono float32 waveforms → units per waveform (empty hubert for clips under 80 ms)."""
-        reduced = self.compute_dtype != torch.float32
-        with torch.autocast(self.phonetic.device.type, dtype=self.compute_dtype, enabled=reduced):
+        with precision_scope(self.precision, self.phonetic.device.type):
             hubert = self.phonetic.encode(waveforms)
             if self.pitch is None or self.style is None:
                 return [SpeechUnits(units) for units in hubert]

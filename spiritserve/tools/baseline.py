@@ -91,7 +91,7 @@ class _ReferenceStyleServer:
         self.expressive = checkpoint.variant == "expressive"
         self.tokenizer = SpiritTextTokenizer(checkpoint.language_model.tokenizer_path)
         self.speech_tokenizer = SpeechTokenizer.from_dirs(
-            checkpoint.hubert_dir, checkpoint.pitch_dir, checkpoint.style_dir, device, compute_dtype=torch.float32
+            checkpoint.hubert_dir, checkpoint.pitch_dir, checkpoint.style_dir, device, precision="float32"
         )
         self.vocoder = UnitVocoder.from_dir(checkpoint.vocoder_dir, device)
         # transformers 5 spells the reference's torch_dtype= as dtype=.

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spiritserve.numerics import PRECISIONS, Precision, precision_scope
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
@@ -371,22 +373,22 @@ def count_gflop(component: Component, autocast: Any) -> float | None:
     return counter.get_total_flops() / 1e9
 
 
-def peak_gemm_gflops(device: str, dtype: str, size: int = PEAK_GEMM_SIZE, repeats: int = 10) -> float:
+def peak_gemm_gflops(device: str, precision: Precision, size: int = PEAK_GEMM_SIZE, repeats: int = 10) -> float:
     """GFLOP/s of a large square matmul (fastest of the runs): the practical compute ceiling of this device at
-    this precision."""
+    this precision (TF32 only when it is "tf32", so fp32 and TF32 figures no longer mix)."""
     import torch
 
-    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = (torch.randn(size, size, device=device, dtype=torch_dtype) for _ in range(2))
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
     best = float("inf")
-    for _ in range(repeats + 3):  # the first runs warm up; the fastest run is the ceiling
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
+    with precision_scope(precision, torch.device(device).type):
+        for _ in range(repeats + 3):  # the first runs warm up; the fastest run is the ceiling
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            a @ b
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
 
@@ -458,7 +460,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"({parameters['seconds']} s per item, {parameters['repeats']} timed runs, median; speedup = xRT(batch "
         f"{SPEEDUP_BATCH}) / xRT(batch 1); of peak = achieved matmul/conv GFLOP/s over a {PEAK_GEMM_SIZE}^3 "
         f"matmul's {peak:.0f} GFLOP/s; {report['machine']['device_name']}, "
-        f"{_threads(report['machine']['torch_threads'])}, {parameters['dtype']})"
+        f"{_threads(report['machine']['torch_threads'])}, {parameters['precision']})"
     )
     return "\n".join(lines)
 
@@ -496,7 +498,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     machine, parameters = report["machine"], report["parameters"]
     axes.set_title(
         f"spiritserve components: {machine['device_name'][:40]}, {_threads(machine['torch_threads'])}\n"
-        f"{parameters['seconds']} s items, {parameters['dtype']}, torch {machine['torch_version']}",
+        f"{parameters['seconds']} s items, {parameters['precision']}, torch {machine['torch_version']}",
         fontsize=9,
     )
     axes.grid(True, which="both", alpha=0.3)
@@ -543,7 +545,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--components", type=_component_list, default=DEFAULT_COMPONENTS,
         help=f"comma-separated from {','.join(DEFAULT_COMPONENTS)} (default: all)",
     )  # fmt: skip
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast around calls")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="float32 (exact: no TF32), tf32, bfloat16 or float16 (autocast): as the server's stages run them",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="output folder (default docs/bench)")
     parser.add_argument(
         "--threads",
@@ -557,7 +562,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    import contextlib
 
     import torch
 
@@ -575,9 +579,7 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("--device cuda: no CUDA device is available")
 
     def autocast() -> Any:
-        if args.dtype == "bf16":
-            return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return precision_scope(args.precision, torch.device(device).type)
 
     if args.threads is not None:
         if args.threads < 1:
@@ -588,10 +590,10 @@ def run(args: argparse.Namespace) -> None:
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["spiritserve", *sys.argv[1:]]) if sys.argv else None,
-        "machine": {**machine_info(device), "peak_gemm_gflops": peak_gemm_gflops(device, args.dtype)},
+        "machine": {**machine_info(device), "peak_gemm_gflops": peak_gemm_gflops(device, args.precision)},
         "parameters": {
             "device": device,
-            "dtype": args.dtype,
+            "precision": args.precision,
             "batch_sizes": batch_sizes,
             "seconds": seconds,
             "repeats": repeats,

@@ -1,19 +1,28 @@
-"""`spiritserve check-precision`: how often reduced precision changes the speech units.
+"""`spiritserve check-precision`: what each precision does to each speech stage, against exact fp32.
 
-The speech encoders run in fp32 unless reduced precision is shown not to change what the LM sees: this
-command encodes real clips with every stream of a checkpoint in fp32 and under autocast (bf16 or fp16)
-and reports, per stream, the fraction of units that agree. The design rule is to enable a reduced
-precision (`SPIRITSERVE_SPEECH_DTYPE`) only where the agreement is at least 99.5 %.
+The speech stages run in exact fp32 unless a lower precision is shown not to change what the next stage sees.
+For each precision asked (TF32, bf16 or fp16 autocast; spiritserve.numerics) this command encodes real clips
+with every stream of a checkpoint and reports, per stream, the fraction of units that agree with fp32; it
+vocodes the fp32 units and reports the audio's SNR against the fp32 audio; and it times both stages at every
+precision in the same run. The design rule: a lower precision for the speech tokenizer
+(`SPIRITSERVE_SPEECH_DTYPE`) only where every stream agrees at least 99.5 %; for the vocoder
+(`SPIRITSERVE_VOCODER_DTYPE`) only at an SNR of at least 30 dB (our threshold: well below audibility
+differences between the two, and still above what the random tiny weights can be expected to show).
 """
 
 import argparse
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spiritserve.numerics import PRECISIONS, Precision
+
 REQUIRED_AGREEMENT = 0.995
+REQUIRED_SNR_DB = 30.0
 logger = logging.getLogger(__name__)
 
 
@@ -81,34 +90,100 @@ def add_clip_check_parser(commands: Any, name: str, help_text: str) -> argparse.
     return parser
 
 
+def snr_db(reference: list[Any], candidate: list[Any]) -> float:
+    """Signal-to-noise ratio of `candidate` audio against `reference`, over all clips (lengths must match)."""
+    import numpy as np
+
+    signal = sum(float(np.sum(np.square(a, dtype=np.float64))) for a in reference)
+    noise = sum(float(np.sum(np.square(a - b, dtype=np.float64))) for a, b in zip(reference, candidate, strict=True))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * math.log10(signal / noise) if signal else float("-inf")
+
+
 def _run(args: argparse.Namespace) -> None:
     import torch
 
     from spiritserve.tokenizers.speech import SpeechTokenizer
+    from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
     check = open_clip_check(args)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     folders = (check.checkpoint.hubert_dir, check.checkpoint.pitch_dir, check.checkpoint.style_dir)
-    reference = SpeechTokenizer.from_dirs(*folders, check.device).encode(check.waveforms)
-    reduced = SpeechTokenizer.from_dirs(*folders, check.device, compute_dtype=dtype).encode(check.waveforms)
-    agreement = stream_agreement(reference, reduced)
+    tokenizer = SpeechTokenizer.from_dirs(*folders, check.device)
+    vocoder = UnitVocoder.from_dir(check.checkpoint.vocoder_dir, check.device)
+
+    def timed(run: Any) -> tuple[Any, float]:
+        started = time.perf_counter()
+        result = run()
+        if check.device == "cuda":
+            torch.cuda.synchronize()
+        return result, time.perf_counter() - started
+
+    def tokenize(precision: Precision) -> tuple[list[Any], float]:
+        tokenizer.precision = precision
+        return timed(lambda: tokenizer.encode(check.waveforms))
+
+    def vocode(precision: Precision, units: list[Any]) -> tuple[list[Any], float]:
+        vocoder.precision = precision
+        requests = [  # raw 25 Hz units (and raw pitch / style streams on the expressive vocoder): resynthesis
+            VocodeRequest(u.hubert, predict_durations=False, pitch=u.pitch or None, style_units=u.style or None)
+            for u in units
+        ]
+        outputs, seconds = timed(lambda: vocoder.decode_batch(requests))
+        return [output.audio for output in outputs], seconds
+
+    def warm(precision: Precision) -> list[Any]:
+        """A first call at each precision pays for allocations and kernel choice; it is not timed."""
+        units, _ = tokenize(precision)
+        vocode(precision, units)
+        return units
+
+    warm("float32")
+    reference_units, reference_tokenize_s = tokenize("float32")
+    reference_audio, reference_vocode_s = vocode("float32", reference_units)
+    stages: dict[str, Any] = {"float32": {"tokenize_s": reference_tokenize_s, "vocode_s": reference_vocode_s}}
+    for precision in args.precisions:
+        warm(precision)
+        units, tokenize_s = tokenize(precision)
+        audio, vocode_s = vocode(precision, reference_units)
+        agreement = stream_agreement(reference_units, units)
+        snr = snr_db(reference_audio, audio)
+        stages[precision] = {
+            "tokenize_s": tokenize_s,
+            "vocode_s": vocode_s,
+            "agreement": agreement,
+            "vocoder_snr_db": snr,
+            "speech_tokenizer_allowed": all(value >= REQUIRED_AGREEMENT for value in agreement.values()),
+            "vocoder_allowed": snr >= REQUIRED_SNR_DB,
+        }
     write_report(
         {
             "checkpoint_root": str(check.root),
             "variant": check.checkpoint.variant,
             "device": check.device,
             "device_name": check.device_name,
-            "dtype": args.dtype,
             "clips": [str(path) for path in args.clips],
-            "agreement": agreement,
-            "required": REQUIRED_AGREEMENT,
-            "reduced_precision_allowed": {name: value >= REQUIRED_AGREEMENT for name, value in agreement.items()},
+            "required_agreement": REQUIRED_AGREEMENT,
+            "required_snr_db": REQUIRED_SNR_DB,
+            "tf32_note": None if check.device == "cuda" else "no TF32 on CPU: tf32 computes what float32 does",
+            "precisions": stages,
         },
         args.out,
     )
 
 
+def _precision_list(text: str) -> list[Precision]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PRECISIONS or name == "float32"]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from tf32, bfloat16, float16 (comma-separated), not {text!r}")
+    return [name for name in PRECISIONS if name in names]
+
+
 def add_parser(commands: Any) -> None:
-    parser = add_clip_check_parser(commands, "check-precision", "unit agreement of bf16/fp16 speech encoders with fp32")
-    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    parser = add_clip_check_parser(
+        commands, "check-precision", "unit agreement, vocoder SNR and speed of each precision against exact fp32"
+    )
+    parser.add_argument("--precisions", type=_precision_list, default=["tf32", "bfloat16"],
+                        help="comma-separated, from tf32, bfloat16, float16 (default tf32,bfloat16)")  # fmt: skip
     parser.set_defaults(run=_run)

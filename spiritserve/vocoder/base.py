@@ -17,6 +17,7 @@ import torch
 
 from spiritserve.audio import SAMPLE_RATE
 from spiritserve.errors import CheckpointError
+from spiritserve.numerics import Precision, precision_scope
 from spiritserve.vocoder.batched import DEFAULT_WINDOW_FRAMES, generate_sequences
 from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig, repeat_to_length
 from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
@@ -80,16 +81,27 @@ def _read_names(path: Path) -> list[str]:
 class UnitVocoder:
     """The vocoder stage as the pipeline sees it (base or expressive): ``validate``, ``decode``, ``decode_batch``
     (windows of many requests share forwards) and ``open_stream`` / ``emit_streams`` (streamed audio), all
-    taking a ``VocodeRequest``'s fields; it aligns pitch and style streams, predicts durations, runs in fp32."""
+    taking a ``VocodeRequest``'s fields; it aligns pitch and style streams and predicts durations in exact fp32
+    (they decide integer frame counts), and runs the generator at ``precision`` (spiritserve.numerics)."""
 
-    def __init__(self, model: CodeHiFiGAN, speakers: list[str], styles: list[str], device: torch.device):
+    def __init__(
+        self,
+        model: CodeHiFiGAN,
+        speakers: list[str],
+        styles: list[str],
+        device: torch.device,
+        precision: Precision = "float32",
+    ):
         self.model = model
         self._speakers = speakers
         self._styles = styles
         self.device = device
+        self.precision = precision
 
     @classmethod
-    def from_dir(cls, vocoder_dir: Path, device: str | torch.device = "cpu") -> "UnitVocoder":
+    def from_dir(
+        cls, vocoder_dir: Path, device: str | torch.device = "cpu", precision: Precision = "float32"
+    ) -> "UnitVocoder":
         vocoder_dir = Path(vocoder_dir)
         config = HifiGanConfig.from_json(vocoder_dir / "config.json")
         if config.code_hop_size != HOP or config.sampling_rate != SAMPLE_RATE:
@@ -117,7 +129,7 @@ class UnitVocoder:
         load_state_dict_strict(model, checkpoint["generator"], checkpoint_path)
         fold_weight_norm(model)
         device = torch.device(device)
-        return cls(model.eval().to(device), speakers, styles, device)
+        return cls(model.eval().to(device), speakers, styles, device, precision)
 
     @property
     def speakers(self) -> list[str]:
@@ -241,7 +253,8 @@ class UnitVocoder:
         features, durations = self.frame_features(request)
         if features is None:  # the reference crashes here (compat doc §16.1a); no units is no audio
             return VocoderOutput(audio=np.zeros(0, dtype=np.float32), durations=[])
-        audio = self.model.generate(features[None])[0]  # (frames × hop,)
+        with precision_scope(self.precision, self.device.type):
+            audio = self.model.generate(features[None])[0]  # (frames × hop,)
         return VocoderOutput(audio=audio.float().cpu().numpy(), durations=durations)
 
     @torch.inference_mode()
@@ -251,7 +264,8 @@ class UnitVocoder:
         """``decode`` for every request, their windows sharing generator forwards (``batched``); raises what a
         request's own decode would raise (the micro-batcher then retries requests one by one)."""
         prepared = [self.frame_features(request) for request in requests]
-        audio = generate_sequences(self.model, [features for features, _ in prepared], window_frames)
+        with precision_scope(self.precision, self.device.type):
+            audio = generate_sequences(self.model, [features for features, _ in prepared], window_frames)
         return [
             VocoderOutput(audio=samples, durations=durations)
             for samples, (_, durations) in zip(audio, prepared, strict=True)
@@ -266,7 +280,8 @@ class UnitVocoder:
 
     def emit_streams(self, streams: list[StreamingDecoder]) -> list[np.ndarray]:
         """The audio ready in each of several open streams, their windows sharing generator forwards."""
-        return vocode_streams(streams)
+        with precision_scope(self.precision, self.device.type):
+            return vocode_streams(streams)
 
     @torch.inference_mode()
     def frame_features(self, request: VocodeRequest) -> tuple[torch.Tensor | None, list[int]]:

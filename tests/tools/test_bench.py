@@ -35,7 +35,7 @@ def test_quick_run_writes_json_and_png(tmp_path: Path) -> None:
     assert _positive(machine["peak_gemm_gflops"])
     parameters = report["parameters"]
     assert parameters["batch_sizes"] == [1, 2] and parameters["seconds"] == 0.5 and parameters["repeats"] == 1
-    assert parameters["dtype"] == "fp32" and parameters["device"] in ("cpu", "cuda")
+    assert parameters["precision"] == "float32" and parameters["device"] in ("cpu", "cuda")
 
     components = report["components"]
     assert list(components) == ["hifigan", "hifigan_stream", "hubert"]
