@@ -9,7 +9,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from functools import partial
@@ -30,6 +29,7 @@ from spiritserve.engine.engine import (
 from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
 from spiritserve.engine.tokenizer import SpiritTextTokenizer, TokenPiece
 from spiritserve.errors import BadAudioError, BadRequestError
+from spiritserve.speech_worker import SpeechWorker
 from spiritserve.tokenizers.speech import SpeechTokenizer, SpeechUnits
 from spiritserve.tokens import (
     TEXT_MARKER,
@@ -211,10 +211,10 @@ class SpiritPipeline:
             "Pi": vocoder.num_pitch_units,
             "St": vocoder.num_style_units,
         }
-        # One worker thread owns the speech models; the batchers feed it whole batches.
-        self._speech_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speech-worker")
+        # One worker thread owns the speech models; the batchers feed it whole batches, streams answering first.
+        self._speech_worker = SpeechWorker()
         batching = dict(
-            executor=self._speech_worker,
+            executor=self._speech_worker.normal,
             max_batch_size=limits.batch_max_size,
             max_wait_s=limits.batch_max_wait_s,
             on_batch=on_batch,
@@ -225,8 +225,9 @@ class SpiritPipeline:
         # Streamed responses: the chunks due at the same moment in concurrent streams share generator forwards.
         # No queue cap: these streams were admitted already, and refusing a chunk would cut a response short.
         self._stream_vocode_batcher = MicroBatcher(
-            "streaming_vocoder", vocoder.emit_streams, **{**batching, "max_queue": None}
-        )
+            "streaming_vocoder", vocoder.emit_streams, **{**batching, "max_queue": None,
+                                                          "executor": self._speech_worker.urgent}
+        )  # fmt: skip
         self._batchers = (self._tokenize_batcher, self._vocode_batcher, self._stream_vocode_batcher)
 
     @property
@@ -452,7 +453,7 @@ class SpiritPipeline:
         """Add aligned units to a stream (on the speech worker: durations only, no generator forward). Once the
         committed durations reach ``max_frames``, end the stream within them and return True."""
         feed = partial(decoder.feed, frames.hubert, frames.pitch or None, frames.style or None, final=final)
-        await asyncio.get_running_loop().run_in_executor(self._speech_worker, feed)
+        await asyncio.get_running_loop().run_in_executor(self._speech_worker.urgent, feed)
         if decoder.committed_frames < max_frames:
             return False
         decoder.end_within(max_frames)
@@ -553,7 +554,7 @@ class SpiritPipeline:
     async def close(self) -> None:
         for batcher in self._batchers:
             await batcher.close()
-        self._speech_worker.shutdown(wait=True, cancel_futures=True)
+        self._speech_worker.shutdown()
 
     def fit_prompt(
         self, lead: list[PromptSegment], groups: list[list[PromptSegment]], output: OutputModality, budget: int

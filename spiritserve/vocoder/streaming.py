@@ -135,9 +135,10 @@ class StreamingDecoder:
         self._hop = vocoder.hop
         self._needs_pitch = model.f0_dict is not None
         self._needs_style_units = model.style_dict is not None
-        device = vocoder.device
-        self._speaker = torch.tensor([request.speaker], dtype=torch.long, device=device)  # (1,)
-        self._style = None if request.style is None else torch.tensor([request.style], dtype=torch.long, device=device)
+        # Device tensors are made at the first feed, on the speech worker: opening a stream (on the event loop)
+        # touches no device, so it never waits for a host-to-device copy behind the worker's GPU work.
+        self._speaker: torch.Tensor | None = None  # (1,)
+        self._style: torch.Tensor | None = None  # (1,), or None: no global style
         self._fade_in = _raised_cosine(crossfade_samples)
 
         # Units whose durations are not committed yet, after up to DURATION_CONTEXT_UNITS committed ones.
@@ -146,8 +147,9 @@ class StreamingDecoder:
         self._style_units: list[int] = []
         self._context_units = 0  # how many leading entries of the lists above are already committed
         self._durations: list[int] = []
-        # Generator input for committed frames [_features_start, _frames_committed): (model_in_dim, frames).
-        self._features = torch.zeros(model.config.model_in_dim, 0, device=device)
+        # Generator input for committed frames [_features_start, _frames_committed): (model_in_dim, frames); None
+        # until the first units are committed.
+        self._features: torch.Tensor | None = None
         self._features_start = 0
         self._frames_committed = 0
         self._unemitted_unit_ends: list[int] = []  # end frames of committed units past the last chunk's end
@@ -188,7 +190,8 @@ class StreamingDecoder:
             kept, end_frame = kept + 1, end_frame + duration
         if end_frame < self._chunk_end:
             raise RuntimeError(f"audio up to frame {self._chunk_end} was emitted; cannot end at frame {end_frame}")
-        self._features = self._features[:, : end_frame - self._features_start]
+        if self._features is not None:
+            self._features = self._features[:, : end_frame - self._features_start]
         self._durations = self._durations[:kept]
         self._frames_committed = end_frame
         self._unemitted_unit_ends = [end for end in self._unemitted_unit_ends if end <= end_frame]
@@ -345,6 +348,12 @@ class StreamingDecoder:
                 return None
             return torch.tensor([values[start:stop]], dtype=torch.long, device=self.vocoder.device)  # (1, n)
 
+        if self._features is None:
+            device = self.vocoder.device
+            self._speaker = torch.tensor([self._request.speaker], dtype=torch.long, device=device)
+            if self._request.style is not None:
+                self._style = torch.tensor([self._request.style], dtype=torch.long, device=device)
+            self._features = torch.zeros(self.vocoder.model.config.model_in_dim, 0, device=device)
         features = self.vocoder.model.frame_features(
             ids(self._units),
             self._speaker,

@@ -267,3 +267,20 @@ def test_padding_a_window_leaves_its_kept_audio_unchanged_and_a_true_end_is_neve
     with torch.inference_mode():
         padded_true_end = base.model.generate(torch.nn.functional.pad(features[:, :45], (0, 15))[None])[0]
     assert np.abs(padded_true_end[left * hop : 45 * hop].numpy() - alone[2]).max() > 1e-3  # why it runs alone
+
+
+def test_opening_a_stream_makes_no_tensor_so_the_event_loop_never_touches_the_device(base):
+    """The server opens streams on its event loop; tensors (device copies on a GPU) are made at the first feed,
+    on the speech worker. A stream with a global style still uses it."""
+    made: list[str] = []
+
+    class RecordTorchCalls(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            made.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    with RecordTorchCalls():
+        decoder = base.open_stream(speaker=1, style=3)
+    assert made == []
+    styled = base.decode(VocodeRequest(UNITS, speaker=1, style=3)).audio
+    np.testing.assert_allclose(np.concatenate(_stream(decoder, step=7)), styled, atol=1e-5)
