@@ -55,6 +55,10 @@ class GpuMemoryPlan:
     def engine_fraction(self) -> float:
         return self.engine_bytes / self.total_bytes
 
+    def gib(self) -> dict[str, float]:
+        shares = {"total": self.total_bytes, "speech": self.speech_bytes, "engine": self.engine_bytes}
+        return {name: round(value / GIB, 2) for name, value in shares.items()}
+
     def describe(self) -> str:
         return (
             f"GPU {self.total_bytes / GIB:.1f} GiB: speech stages {self.speech_bytes / GIB:.1f} GiB "

@@ -29,6 +29,7 @@ from spiritserve.engine.engine import (
 from spiritserve.engine.modality import allowed_token_ids, speech_token_budget
 from spiritserve.engine.tokenizer import SpiritTextTokenizer, TokenPiece
 from spiritserve.errors import BadAudioError, BadRequestError
+from spiritserve.gpu_memory import GpuMemoryPlan
 from spiritserve.speech_worker import SpeechWorker
 from spiritserve.tokenizers.speech import SpeechTokenizer, SpeechUnits
 from spiritserve.tokens import (
@@ -206,6 +207,7 @@ class SpiritPipeline:
         self.vocoder = vocoder
         self.engine = engine
         self.limits = limits
+        self.gpu_memory: GpuMemoryPlan | None = None  # the start-up split of a GPU shared with vLLM, if any
         self.vocoder_sizes: dict[UnitKind, int] = {
             "Hu": vocoder.num_units,
             "Pi": vocoder.num_pitch_units,

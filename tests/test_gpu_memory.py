@@ -25,6 +25,7 @@ def test_on_an_h200_vllm_keeps_its_configured_fraction_and_the_speech_stages_get
     assert plan.speech_bytes == 3 * GIB * SPEECH_HEADROOM
     assert plan.engine_fraction == pytest.approx(0.85, abs=1e-9)
     assert plan.speech_bytes + plan.engine_bytes + CONTEXT_RESERVE_BYTES <= H200
+    assert plan.gib() == {"total": 140.0, "speech": 3.75, "engine": 119.0}  # what /readyz reports
 
 
 def test_a_configured_fraction_that_would_overlap_the_speech_stages_shrinks_to_what_is_left():

@@ -24,7 +24,7 @@ from spiritserve.engine.engine import InProcessEngine, LanguageModelEngine
 from spiritserve.engine.remote import RemoteEngine
 from spiritserve.errors import CheckpointError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts, build_prompts, read_pools
-from spiritserve.gpu_memory import share_gpu, speech_workload
+from spiritserve.gpu_memory import GpuMemoryPlan, share_gpu, speech_workload
 from spiritserve.pipeline import SpiritPipeline
 from spiritserve.server.admission import ApiKeys, RateLimiter
 from spiritserve.server.auth import AccessMiddleware, OriginPolicy
@@ -52,18 +52,24 @@ def _speech_device(settings: Settings) -> str:
     return settings.device
 
 
+async def plan_shared_gpu(
+    settings: Settings, checkpoint: SpiritCheckpoint, speech_on_gpu: Callable[[], None]
+) -> GpuMemoryPlan:
+    """Measure the speech stages and split the GPU with the in-process vLLM (gpu_memory.py)."""
+    fraction, parameters = settings.engine_memory_fraction, checkpoint.language_model.parameter_count
+    plan = await asyncio.to_thread(share_gpu, speech_on_gpu, fraction, parameters, settings.engine_dtype)
+    logger.info("%s", plan.describe())
+    return plan
+
+
 async def start_engine(
-    settings: Settings, checkpoint: SpiritCheckpoint, speech_on_gpu: Callable[[], None] | None
+    settings: Settings, checkpoint: SpiritCheckpoint, plan: GpuMemoryPlan | None
 ) -> LanguageModelEngine:
-    """vLLM in this process, or the remote engine at `engine_url` once it answers. `speech_on_gpu`: the speech
-    stages' planning workload when they share the GPU with an in-process engine (gpu_memory.py)."""
+    """vLLM in this process (given `plan`'s share of a GPU shared with the speech stages), or the remote engine
+    at `engine_url` once it answers."""
     if settings.engine_url is None:
         engine_settings = settings.engine_settings(on_cpu=not torch.cuda.is_available())
-        if speech_on_gpu is not None and torch.cuda.is_available():
-            fraction, dtype = engine_settings.gpu_memory_utilization, engine_settings.dtype
-            parameters = checkpoint.language_model.parameter_count
-            plan = await asyncio.to_thread(share_gpu, speech_on_gpu, fraction, parameters, dtype)
-            logger.info("%s", plan.describe())
+        if plan is not None:
             engine_settings = replace(engine_settings, gpu_memory_utilization=plan.engine_fraction)
         return InProcessEngine.start(checkpoint.language_model.path, engine_settings)
     engine = await RemoteEngine.connect(settings.engine_url, settings.engine_wait_s, settings.engine_failover_s)
@@ -99,10 +105,15 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
             settings.speech_dtype,
         )
         vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device, settings.vocoder_dtype)
-    speech_on_gpu = speech_workload(speech_tokenizer, vocoder, settings.batch_max_size) if device == "cuda" else None
-    engine = await start_engine(settings, checkpoint, speech_on_gpu)
+    plan = None
+    if device == "cuda" and settings.engine_url is None and torch.cuda.is_available():
+        workload = speech_workload(speech_tokenizer, vocoder, settings.batch_max_size)
+        plan = await plan_shared_gpu(settings, checkpoint, workload)
+    engine = await start_engine(settings, checkpoint, plan)
     limits = settings.pipeline_limits()
-    return SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
+    pipeline = SpiritPipeline(checkpoint, speech_tokenizer, vocoder, engine, limits, on_batch=metrics.observe_batch)
+    pipeline.gpu_memory = plan
+    return pipeline
 
 
 def _error(status_code: int, kind: str, message: str) -> JSONResponse:

@@ -415,4 +415,7 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"ready": False, "draining": True}, status_code=503)
     if pipeline is None or not pipeline.engine.is_healthy:
         return JSONResponse({"ready": False}, status_code=503)
-    return JSONResponse({"ready": True, "variant": pipeline.checkpoint.variant, "speakers": pipeline.vocoder.speakers})
+    ready = {"ready": True, "variant": pipeline.checkpoint.variant, "speakers": pipeline.vocoder.speakers}
+    if pipeline.gpu_memory is not None:
+        ready["gpu_memory"] = pipeline.gpu_memory.gib()
+    return JSONResponse(ready)

@@ -134,6 +134,9 @@ class Readiness(BaseModel):
     draining: bool | None = Field(None, description="true while a SIGTERM drain refuses new work")
     variant: Literal["base", "expressive"] | None = None
     speakers: list[str] | None = Field(None, description="the vocoder's speakers (index = `speaker`)")
+    gpu_memory: dict[str, float] | None = Field(
+        None, description="GiB of the GPU shared by the speech stages and the in-process vLLM: total, speech, engine"
+    )
 
 
 class ServerDescription(BaseModel):
