@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         description="speech encoders' precision (float32 exact, tf32, bfloat16, float16); reduce only where "
         "check-precision shows >= 99.5% unit agreement",
     )
+    cuda_graphs: bool = Field(
+        True, description="on CUDA, pad vocoder batches to fixed shapes replayed as captured graphs (0: eager)"
+    )
     vocoder_dtype: Precision = Field(
         "float32", description="vocoder generator's precision (durations stay exact); see check-precision's SNR"
     )

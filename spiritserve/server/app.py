@@ -105,6 +105,8 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
             settings.speech_dtype,
         )
         vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device, settings.vocoder_dtype)
+    if device == "cuda" and settings.cuda_graphs:  # before the GPU plan: the graphs' memory is the stages' too
+        await asyncio.to_thread(vocoder.use_fixed_shapes)
     plan = None
     if device == "cuda" and settings.engine_url is None and torch.cuda.is_available():
         workload = speech_workload(speech_tokenizer, vocoder, settings.batch_max_size)

@@ -214,8 +214,9 @@ def build_style(device: str, seconds: float, seed: int) -> Component:
     )
 
 
-def _build_vocoder(device: str) -> Any:
-    """The base 25 Hz vocoder at official size, weight norm folded as ``UnitVocoder.from_dir`` does."""
+def _build_vocoder(device: str, graphs: bool = False) -> Any:
+    """The base 25 Hz vocoder at official size, weight norm folded as ``UnitVocoder.from_dir`` does; with
+    `graphs`, its batches padded to fixed shapes and (on CUDA) replayed as captured graphs, as the server does."""
     import torch
 
     from spiritserve.vocoder.base import UnitVocoder
@@ -226,7 +227,10 @@ def _build_vocoder(device: str) -> Any:
     model = model.eval().to(torch.device(device))
     speakers = [f"speaker{index}" for index in range(HIFIGAN_CFG["num_speakers"])]
     styles = [f"style{index}" for index in range(HIFIGAN_CFG["num_styles"])]
-    return UnitVocoder(model, speakers, styles, model.conv_pre.weight.device)
+    vocoder = UnitVocoder(model, speakers, styles, model.conv_pre.weight.device)
+    if graphs:
+        vocoder.use_fixed_shapes()
+    return vocoder
 
 
 def _random_units(batch: int, seconds: float, seed: int) -> list[list[int]]:
@@ -237,10 +241,10 @@ def _random_units(batch: int, seconds: float, seed: int) -> list[list[int]]:
     return [rng.integers(0, HIFIGAN_CFG["num_embeddings"], length).tolist() for _ in range(batch)]
 
 
-def build_hifigan(device: str, seconds: float, seed: int) -> Component:
+def build_hifigan(device: str, seconds: float, seed: int, graphs: bool = False) -> Component:
     from spiritserve.vocoder.base import VocodeRequest
 
-    vocoder = _build_vocoder(device)
+    vocoder = _build_vocoder(device, graphs)
 
     def run(unit_lists: list[list[int]]) -> list[Any]:
         requests = [VocodeRequest(units, VOCODER_SPEAKER, predict_durations=False) for units in unit_lists]
@@ -259,10 +263,10 @@ def build_hifigan(device: str, seconds: float, seed: int) -> Component:
     )
 
 
-def build_hifigan_stream(device: str, seconds: float, seed: int) -> Component:
+def build_hifigan_stream(device: str, seconds: float, seed: int, graphs: bool = False) -> Component:
     from spiritserve.vocoder.streaming import DEFAULT_CHUNK_UNITS, StreamFeed, vocode_in_lockstep
 
-    vocoder = _build_vocoder(device)
+    vocoder = _build_vocoder(device, graphs)
 
     def run(unit_lists: list[list[int]]) -> list[list[Any]]:
         """Every stream gets one unit per step (an engine step of concurrent requests); stream i starts
@@ -288,7 +292,8 @@ def build_hifigan_stream(device: str, seconds: float, seed: int) -> Component:
     )
 
 
-BUILDERS: dict[str, Callable[[str, float, int], Component]] = {
+VOCODER_COMPONENTS = ("hifigan", "hifigan_stream")  # these take `graphs`
+BUILDERS: dict[str, Callable[..., Component]] = {
     "hubert": build_hubert,
     "pitch": build_pitch,
     "style": build_style,
@@ -556,6 +561,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="torch intra-op threads (default: torch's, one per core); 1 is steadier on a busy host",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="vocoder batches padded to fixed shapes, replayed as CUDA graphs on a GPU (as the server runs them)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch sizes 1,2, 0.5 s, 1 repeat")
     parser.set_defaults(run=run)
     return parser
@@ -594,6 +603,7 @@ def run(args: argparse.Namespace) -> None:
         "parameters": {
             "device": device,
             "precision": args.precision,
+            "cuda_graphs": args.cuda_graphs,
             "batch_sizes": batch_sizes,
             "seconds": seconds,
             "repeats": repeats,
@@ -614,7 +624,8 @@ def run(args: argparse.Namespace) -> None:
     failed = False
     for name in args.components:
         started = time.perf_counter()
-        component = BUILDERS[name](device, seconds, args.seed)
+        graphs = {"graphs": args.cuda_graphs} if name in VOCODER_COMPONENTS else {}
+        component = BUILDERS[name](device, seconds, args.seed, **graphs)
         build_s = time.perf_counter() - started
         logger.info("%s built in %.1f s (%s parameters)", name, build_s, f"{sum(component.parameters.values()):,}")
         gflop_per_item = count_gflop(component, autocast)

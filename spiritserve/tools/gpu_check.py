@@ -21,7 +21,7 @@ REQUIRED_MODULES = {
 }  # fmt: skip
 TARGET_BATCH = 32
 TARGETS_XRT = {"hubert": 2000.0, "hifigan": 1000.0}  # x real time at TARGET_BATCH (issue #17)
-COMPONENT_RUNS = "components-*"  # one bench-components output folder per precision
+COMPONENT_RUNS = "components-*"  # one bench-components output folder per run: a precision, or float32-graphs
 
 
 def _installed(module: str) -> bool:
@@ -42,19 +42,19 @@ def missing_prerequisites(device: str) -> list[str]:
 
 
 def summarize(out: Path) -> dict[str, Any]:
-    """Per precision, each component's x real time at TARGET_BATCH (or the largest batch run) and peak memory;
-    the clip checks' verdicts; the contention slowdown."""
+    """Per run (a precision; float32-graphs: with CUDA graphs), each component's x real time at TARGET_BATCH (or
+    the largest batch run) and peak memory; the clip checks' reports; the contention slowdown."""
     components: dict[str, Any] = {}
     for folder in sorted(path for path in out.glob(COMPONENT_RUNS) if path.is_dir()):
         report = json.loads((folder / "bench-components.json").read_text())
-        precision = report["parameters"]["precision"]
+        run = folder.name.removeprefix("components-")  # the precision, "-graphs" for the CUDA-graph run
         for name, entry in report["components"].items():
             results = [result for result in entry["results"] if "xrt" in result]
             if not results:
                 continue
             largest = max(results, key=lambda result: result["batch_size"])
             at = next((result for result in results if result["batch_size"] == TARGET_BATCH), largest)
-            components.setdefault(name, {})[precision] = {
+            components.setdefault(name, {})[run] = {
                 "batch_size": at["batch_size"],
                 "xrt": at["xrt"],
                 "peak_memory_mib": at.get("peak_memory_mib"),
@@ -72,13 +72,13 @@ def summarize(out: Path) -> dict[str, Any]:
 
 
 def _print(summary: dict[str, Any]) -> None:
-    for name, by_precision in summary["components"].items():
-        for precision, figures in by_precision.items():
+    for name, runs in summary["components"].items():
+        for run, figures in runs.items():
             target = figures["target_xrt"]
             met = target is not None and figures["xrt"] >= target
             verdict = "" if target is None else f" (target {target:.0f}: {'met' if met else 'not met'})"
             memory = figures["peak_memory_mib"]
-            print(f"{name:15} {precision:9} batch {figures['batch_size']:3}: {figures['xrt']:9.1f} x real time"
+            print(f"{name:15} {run:16} batch {figures['batch_size']:3}: {figures['xrt']:9.1f} x real time"
                   f"{verdict}{'' if memory is None else f', peak {memory:.0f} MiB'}")  # fmt: skip
     contention = summary["contention"]
     if contention is not None:

@@ -19,8 +19,10 @@ from spiritserve.audio import SAMPLE_RATE
 from spiritserve.errors import CheckpointError
 from spiritserve.numerics import Precision, precision_scope
 from spiritserve.vocoder.batched import DEFAULT_WINDOW_FRAMES, generate_sequences
+from spiritserve.vocoder.graphs import CaptureReport, FixedShapeGenerator
 from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig, repeat_to_length
 from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
+from spiritserve.vocoder.windows import max_forward_frames
 from spiritserve.weights import fold_weight_norm, load_state_dict_strict, read_checkpoint, require_keys
 
 HOP = 640  # samples per 25 Hz HuBERT frame at 16 kHz
@@ -97,6 +99,7 @@ class UnitVocoder:
         self._styles = styles
         self.device = device
         self.precision = precision
+        self.fixed_shapes: FixedShapeGenerator | None = None  # set by use_fixed_shapes()
 
     @classmethod
     def from_dir(
@@ -265,7 +268,8 @@ class UnitVocoder:
         request's own decode would raise (the micro-batcher then retries requests one by one)."""
         prepared = [self.frame_features(request) for request in requests]
         with precision_scope(self.precision, self.device.type):
-            audio = generate_sequences(self.model, [features for features, _ in prepared], window_frames)
+            audio = generate_sequences(self.model, [features for features, _ in prepared], window_frames,
+                                       self.fixed_shapes)  # fmt: skip
         return [
             VocoderOutput(audio=samples, durations=durations)
             for samples, (_, durations) in zip(audio, prepared, strict=True)
@@ -282,6 +286,11 @@ class UnitVocoder:
         """The audio ready in each of several open streams, their windows sharing generator forwards."""
         with precision_scope(self.precision, self.device.type):
             return vocode_streams(streams)
+
+    def use_fixed_shapes(self) -> CaptureReport:
+        """Pad generator batches to fixed shapes and, on CUDA, replay them as captured graphs (`graphs.py`)."""
+        self.fixed_shapes = FixedShapeGenerator(self.model, max_forward_frames(self.model), self.precision)
+        return self.fixed_shapes.capture()
 
     @torch.inference_mode()
     def frame_features(self, request: VocodeRequest) -> tuple[torch.Tensor | None, list[int]]:

@@ -11,6 +11,7 @@ generator forwards (`windows.generate_windows`).
 import numpy as np
 import torch
 
+from spiritserve.vocoder.graphs import FixedShapeGenerator
 from spiritserve.vocoder.hifigan import CodeHiFiGAN
 from spiritserve.vocoder.windows import GeneratorWindow, generate_windows, receptive_field_frames
 
@@ -19,7 +20,10 @@ DEFAULT_WINDOW_FRAMES = 100  # 4 s of audio per window; the context on both side
 
 @torch.inference_mode()
 def generate_sequences(
-    model: CodeHiFiGAN, sequences: list[torch.Tensor | None], window_frames: int = DEFAULT_WINDOW_FRAMES
+    model: CodeHiFiGAN,
+    sequences: list[torch.Tensor | None],
+    window_frames: int = DEFAULT_WINDOW_FRAMES,
+    fixed: FixedShapeGenerator | None = None,
 ) -> list[np.ndarray]:
     """The audio of each generator input, (model_in_dim, frames) or None for no units, equal to generating
     each alone; the windows of all of them share generator forwards."""
@@ -38,6 +42,6 @@ def generate_sequences(
             owners.append(index)
 
     pieces: list[list[np.ndarray]] = [[] for _ in sequences]
-    for owner, audio in zip(owners, generate_windows(model, windows), strict=True):
+    for owner, audio in zip(owners, generate_windows(model, windows, fixed), strict=True):
         pieces[owner].append(audio)
     return [np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32) for kept in pieces]

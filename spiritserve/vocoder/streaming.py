@@ -387,7 +387,8 @@ def vocode_streams(decoders: list[StreamingDecoder]) -> list[np.ndarray]:
         raise ValueError("vocode_streams: every stream must use the same vocoder")
     ready = [decoder.ready for decoder in decoders]
     windows = [decoder.next_window() if is_ready else None for decoder, is_ready in zip(decoders, ready)]
-    generated = iter(generate_windows(model, [window for window in windows if window is not None]))
+    fixed = decoders[0].vocoder.fixed_shapes  # the vocoder's fixed-shape forwards (CUDA graphs), if it uses them
+    generated = iter(generate_windows(model, [window for window in windows if window is not None], fixed))
     return [
         decoder.take(None if window is None else next(generated)) if is_ready else np.zeros(0, dtype=np.float32)
         for decoder, is_ready, window in zip(decoders, ready, windows, strict=True)

@@ -15,12 +15,16 @@ audio runs to the sequence's true end (or too close to its own end) is never pad
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
+
+if TYPE_CHECKING:
+    from spiritserve.vocoder.graphs import FixedShapeGenerator
 
 # A window is padded to at most this many times its own width; narrower ones get a forward of their own.
 MAX_PADDING_RATIO = 1.5
@@ -76,20 +80,33 @@ class GeneratorWindow:
         return last_kept_frame + right < self.frames
 
 
+def max_forward_frames(model: CodeHiFiGAN) -> int:
+    return MAX_FORWARD_FRAMES.get(model.conv_pre.weight.device.type, MAX_FORWARD_FRAMES["cuda"])
+
+
 @torch.inference_mode()
-def generate_windows(model: CodeHiFiGAN, windows: list[GeneratorWindow]) -> list[np.ndarray]:
-    """The kept audio of every window (float32), equal to generating each window alone."""
+def generate_windows(
+    model: CodeHiFiGAN, windows: list[GeneratorWindow], fixed: "FixedShapeGenerator | None" = None
+) -> list[np.ndarray]:
+    """The kept audio of every window (float32), equal to generating each window alone. With `fixed`, batches
+    are padded to its fixed shapes (rows and, where every window may be padded, width) and run through it."""
     hop = model.config.code_hop_size
     _, right = receptive_field_frames(model.config)
-    max_frames = MAX_FORWARD_FRAMES.get(model.conv_pre.weight.device.type, MAX_FORWARD_FRAMES["cuda"])
+    max_frames = max_forward_frames(model)
     kept: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(windows)
     for group in _share_forwards(windows, hop, right):
         width = windows[group[0]].frames
         rows = max(1, max_frames // width)
         for first in range(0, len(group), rows):
             part = group[first : first + rows]
-            inputs = torch.stack([F.pad(windows[i].features, (0, width - windows[i].frames)) for i in part])
-            audio = model.generate(inputs).float().cpu().numpy()  # (len(part), width × hop)
+            paddable = all(windows[index].can_pad(hop, right) for index in part)
+            shape = fixed.padded_shape(len(part), width, paddable) if fixed is not None else None
+            rows_to, width_to = shape or (len(part), width)
+            inputs = torch.stack([F.pad(windows[i].features, (0, width_to - windows[i].frames)) for i in part])
+            if rows_to > len(part):  # zero rows: independent batch items, dropped below
+                inputs = F.pad(inputs, (0, 0, 0, 0, 0, rows_to - len(part)))
+            forward = fixed if shape is not None and fixed is not None else model.generate
+            audio = forward(inputs).float().cpu().numpy()  # (rows_to, width_to × hop)
             for row, index in enumerate(part):
                 kept[index] = audio[row, windows[index].keep_start : windows[index].keep_stop]
     return kept
