@@ -44,16 +44,20 @@ class FixedShapeGenerator:
         self.widths = tuple(range(WIDTH_STEP, MAX_BUCKET_WIDTH + 1, WIDTH_STEP))
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
-    def padded_shape(self, rows: int, width: int, paddable: bool) -> tuple[int, int] | None:
-        """The bucket (rows, width) a batch of `rows` windows `width` frames wide is padded to; None: none fits."""
-        bucket_rows = next((bucket for bucket in ROW_BUCKETS if bucket >= rows), None)
+    def bucket_width(self, width: int, paddable: bool) -> int | None:
+        """The width a batch `width` frames wide runs at: the next bucket if its windows may be padded, else its
+        own if that is a bucket; None: no bucket (eager)."""
         if paddable:
-            bucket_width = next((bucket for bucket in self.widths if bucket >= width), None)
-        else:
-            bucket_width = width if width in self.widths else None
-        if bucket_rows is None or bucket_width is None or bucket_rows * bucket_width > self.max_frames:
-            return None
-        return bucket_rows, bucket_width
+            return next((bucket for bucket in self.widths if bucket >= width), None)
+        return width if width in self.widths else None
+
+    def rows_per_forward(self, width: int) -> int | None:
+        """The most rows one forward of a bucket `width` frames wide takes (None: not even one fits)."""
+        return next((rows for rows in reversed(ROW_BUCKETS) if rows * width <= self.max_frames), None)
+
+    @staticmethod
+    def bucket_rows(rows: int) -> int:
+        return next(bucket for bucket in ROW_BUCKETS if bucket >= rows)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """`model.generate(inputs)`: a captured graph's replay for a bucket's shape, else the eager forward."""

@@ -96,17 +96,21 @@ def generate_windows(
     kept: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(windows)
     for group in _share_forwards(windows, hop, right):
         width = windows[group[0]].frames
-        rows = max(1, max_frames // width)
+        bucketed, width_to, rows = None, width, max(1, max_frames // width)
+        if fixed is not None:  # a bucket's width, and rows per forward that keep every forward a bucket's shape
+            paddable = all(windows[index].can_pad(hop, right) for index in group)
+            bucket = fixed.bucket_width(width, paddable)
+            bucket_rows = fixed.rows_per_forward(bucket) if bucket is not None else None
+            if bucket is not None and bucket_rows is not None:
+                bucketed, width_to, rows = fixed, bucket, bucket_rows
         for first in range(0, len(group), rows):
             part = group[first : first + rows]
-            paddable = all(windows[index].can_pad(hop, right) for index in part)
-            shape = fixed.padded_shape(len(part), width, paddable) if fixed is not None else None
-            rows_to, width_to = shape or (len(part), width)
             inputs = torch.stack([F.pad(windows[i].features, (0, width_to - windows[i].frames)) for i in part])
-            if rows_to > len(part):  # zero rows: independent batch items, dropped below
-                inputs = F.pad(inputs, (0, 0, 0, 0, 0, rows_to - len(part)))
-            forward = fixed if shape is not None and fixed is not None else model.generate
-            audio = forward(inputs).float().cpu().numpy()  # (rows_to, width_to × hop)
+            if bucketed is None:
+                audio = model.generate(inputs).float().cpu().numpy()  # (len(part), width × hop)
+            else:  # zero rows up to the bucket: independent batch items, dropped below
+                inputs = F.pad(inputs, (0, 0, 0, 0, 0, bucketed.bucket_rows(len(part)) - len(part)))
+                audio = bucketed(inputs).float().cpu().numpy()
             for row, index in enumerate(part):
                 kept[index] = audio[row, windows[index].keep_start : windows[index].keep_stop]
     return kept

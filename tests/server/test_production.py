@@ -196,7 +196,9 @@ def test_sigterm_lets_running_work_finish_moves_sessions_away_then_exits_0(produ
     """The drain: a long REST generation and a voice answer already running both finish; an idle voice session
     is closed at once with 1012 (reconnect elsewhere); a new turn on the busy session is refused; exit 0."""
     url, process = production_server
-    form = {"max_speech_seconds": "40", "seed": "2", "response_format": "json"}  # 1000 tokens: several seconds
+    # 3000 tokens, and 1500 for the voice answer: each still running at SIGTERM, the REST one the longer, so the
+    # server is still up when the voice session has moved away
+    form = {"max_speech_seconds": "120", "seed": "2", "response_format": "json"}
     socket_url = f"ws{url.removeprefix('http')}/v1/realtime"
 
     async def next_event(socket, event_type: str) -> dict:
@@ -211,7 +213,7 @@ def test_sigterm_lets_running_work_finish_moves_sessions_away_then_exits_0(produ
             ws_connect(socket_url, additional_headers=authorized(), max_size=None) as busy,
         ):
             await busy.send(json.dumps({"type": "session.update", "session": {
-                "audio": {"input": {"turn_detection": None}}, "max_response_seconds": 20, "seed": 5}}))  # fmt: skip
+                "audio": {"input": {"turn_detection": None}}, "max_response_seconds": 60, "seed": 5}}))  # fmt: skip
             await busy.send(json.dumps({"type": "conversation.item.create", "item": {
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]}}))  # fmt: skip
             await busy.send(json.dumps({"type": "response.create"}))
@@ -237,10 +239,10 @@ def test_sigterm_lets_running_work_finish_moves_sessions_away_then_exits_0(produ
     assert idle_closed.rcvd.code == 1012  # service restart: the client reconnects, to another replica
     assert refusal["error"]["code"] == "server_shutting_down" and refusal["error"]["event_id"] == "late-turn"
     assert answer["response"]["status"] == "completed"  # the running answer was not cut
-    assert answer["response"]["usage"]["output_audio_seconds"] > 19
+    assert answer["response"]["usage"]["output_audio_seconds"] > 59
     assert busy_closed.rcvd.code == 1012  # and then that session moves on too
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
     assert finished.status_code == 200 and finished.json()["finish_reason"] == "length"
-    assert finished.json()["usage"]["audio_seconds"] > 39  # the whole 40 s budget (less at most one unit)
+    assert finished.json()["usage"]["audio_seconds"] > 119  # the whole 120 s budget (less at most one unit)
     assert process.wait(timeout=60) == 0

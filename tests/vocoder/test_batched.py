@@ -1,23 +1,17 @@
 """Batched vocoding (windows cut at receptive-field boundaries) equals vocoding each sequence alone."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from spiritserve.tiny import write_tiny_base_vocoder, write_tiny_expressive_vocoder
 from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 
 RNG = np.random.default_rng(7)
 LENGTHS = [1, 5, 30, 90, 0, 47]
 
 
-@pytest.fixture(scope="module", params=["base", "expressive"])
-def vocoder(request, tmp_path_factory) -> UnitVocoder:
-    folder: Path = tmp_path_factory.mktemp(request.param)
-    writer = write_tiny_base_vocoder if request.param == "base" else write_tiny_expressive_vocoder
-    writer(folder, seed=3)
-    return UnitVocoder.from_dir(folder)
+@pytest.fixture(scope="module")
+def vocoder(each_vocoder: UnitVocoder) -> UnitVocoder:
+    return each_vocoder
 
 
 def make_requests(vocoder: UnitVocoder) -> list[VocodeRequest]:

@@ -1,12 +1,10 @@
 """Fixed-shape generator batches (CUDA graphs on a GPU): padding rows and widths to buckets changes no sample."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from spiritserve.tiny import write_tiny_base_vocoder, write_tiny_expressive_vocoder
+from spiritserve.tiny import write_tiny_base_vocoder
 from spiritserve.vocoder.base import UnitVocoder, VocodeRequest
 from spiritserve.vocoder.graphs import ROW_BUCKETS, FixedShapeGenerator
 from spiritserve.vocoder.windows import max_forward_frames
@@ -15,12 +13,9 @@ RNG = np.random.default_rng(11)
 LENGTHS = [1, 5, 30, 90, 0, 47, 13]
 
 
-@pytest.fixture(scope="module", params=["base", "expressive"])
-def vocoder(request, tmp_path_factory) -> UnitVocoder:
-    folder: Path = tmp_path_factory.mktemp(request.param)
-    writer = write_tiny_base_vocoder if request.param == "base" else write_tiny_expressive_vocoder
-    writer(folder, seed=5)
-    return UnitVocoder.from_dir(folder)
+@pytest.fixture(scope="module")
+def vocoder(each_vocoder: UnitVocoder) -> UnitVocoder:
+    return each_vocoder
 
 
 class RecordingGenerator(FixedShapeGenerator):
@@ -46,11 +41,13 @@ def requests_for(vocoder: UnitVocoder) -> list[VocodeRequest]:
 
 def test_a_batch_is_padded_to_the_smallest_bucket_that_holds_it(vocoder):
     fixed = FixedShapeGenerator(vocoder.model, max_frames=8192)
-    assert fixed.padded_shape(3, 70, paddable=True) == (4, 96)
-    assert fixed.padded_shape(1, 64, paddable=False) == (1, 64)  # a true end: only its own width, if a bucket
-    assert fixed.padded_shape(1, 70, paddable=False) is None
-    assert fixed.padded_shape(ROW_BUCKETS[-1] + 1, 32, paddable=True) is None
-    assert FixedShapeGenerator(vocoder.model, max_frames=320).padded_shape(4, 100, paddable=True) is None
+    assert fixed.bucket_width(70, paddable=True) == 96 and fixed.bucket_rows(3) == 4
+    assert fixed.bucket_width(64, paddable=False) == 64  # a true end: only its own width, if a bucket's
+    assert fixed.bucket_width(70, paddable=False) is None
+    assert fixed.bucket_width(fixed.widths[-1] + 1, paddable=True) is None
+    assert fixed.rows_per_forward(256) == ROW_BUCKETS[-1]
+    assert FixedShapeGenerator(vocoder.model, max_frames=320).rows_per_forward(96) == 2  # 3 would not be a bucket
+    assert FixedShapeGenerator(vocoder.model, max_frames=200).rows_per_forward(256) is None
 
 
 @pytest.mark.parametrize("window_frames", [16, 100])
