@@ -42,6 +42,8 @@ def production_server(tiny_bundle: Path, keys_file: Path, tmp_path_factory: pyte
         "SPIRITSERVE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "SPIRITSERVE_RATE_LIMIT_PER_MINUTE": str(RATE_PER_MINUTE),
         "SPIRITSERVE_DRAIN_TIMEOUT_S": "60",
+        # Sessions here wait through other work (the drain test's idle one until SIGTERM): production's timeout.
+        "SPIRITSERVE_REALTIME_IDLE_TIMEOUT_S": "300",
     }
     with serve_process(tiny_bundle, tmp_path_factory, env) as (url, process):
         yield url, process
