@@ -46,7 +46,7 @@ class FewShotPoolError(SpiritServeError):
 @dataclass(frozen=True)
 class Example:
     name: str
-    transcript: str
+    text: str  # NAME.txt: the transcript (transcription and speech pools) or the label (a classification pool)
     waveform: np.ndarray  # 16 kHz mono
 
 
@@ -314,15 +314,26 @@ class FewShotPrompts:
         return _with_markers_as_stops(pipeline.tokenizer, request), stop
 
 
-def read_pools(settings: Settings, expressive: bool) -> tuple[Pool | None, Pool | None]:
-    """The configured pools (transcription, speech), read before the engine starts so a bad file fails fast."""
+@dataclass(frozen=True)
+class ConfiguredPools:
+    transcription: Pool | None
+    speech: Pool | None
+    classification: Pool | None
+
+
+def read_pools(settings: Settings, expressive: bool) -> ConfiguredPools:
+    """The configured pools, read before the engine starts so a bad file fails fast."""
 
     def read(folder: Path | None, stop_clip_required: bool = False) -> Pool | None:
         if folder is None:
             return None
         return read_pool(folder, settings.max_audio_seconds, settings.max_decoded_bytes, stop_clip_required)
 
-    return read(settings.asr_examples), read(settings.tts_examples, stop_clip_required=expressive)
+    return ConfiguredPools(
+        read(settings.asr_examples),
+        read(settings.tts_examples, stop_clip_required=expressive),
+        read(settings.classify_examples),
+    )
 
 
 async def build_prompts(
@@ -343,7 +354,7 @@ async def _transcription_prompt(pipeline: SpiritPipeline, pool: Pool) -> Transcr
     tokenizer = pipeline.tokenizer
     speech = [units.to_string() for units in await _speech_units(pipeline, [item.waveform for item in pool.examples])]
     shots = [
-        TranscriptionPrompt.example(units, item.transcript) for units, item in zip(speech, pool.examples, strict=True)
+        TranscriptionPrompt.example(units, item.text) for units, item in zip(speech, pool.examples, strict=True)
     ]
     prefix = tokenizer.encode_prompt("".join(shots))
     longest_query = max(len(continuation_ids(tokenizer, TranscriptionPrompt.query(units))) for units in speech)
@@ -362,10 +373,10 @@ async def _speech_prompt(pipeline: SpiritPipeline, pool: Pool) -> SpeechPrompt:
             f"few-shot pool {pool.folder}: no {STOP_CLIP}.<audio>, and this tokenizer lacks the paper's stop units"
         )
     speech = await _speech_units(pipeline, [item.waveform for item in pool.examples])
-    shots = [SpeechPrompt.example(item.transcript, units.to_string(), stop.to_string())
+    shots = [SpeechPrompt.example(item.text, units.to_string(), stop.to_string())
              for units, item in zip(speech, pool.examples, strict=True)]  # fmt: skip
     prefix = tokenizer.encode_prompt("".join(shots))
-    longest_query = max(len(continuation_ids(tokenizer, SpeechPrompt.query(item.transcript))) for item in pool.examples)
+    longest_query = max(len(continuation_ids(tokenizer, SpeechPrompt.query(item.text))) for item in pool.examples)
     answer = speech_token_budget(pipeline.limits.default_speech_seconds, pipeline.vocoder_sizes)
     _check_room(pipeline, pool, "speech", len(prefix), longest_query, answer)
     return SpeechPrompt(tuple(prefix), dedup(stop.hubert))

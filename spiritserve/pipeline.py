@@ -279,6 +279,10 @@ class SpiritPipeline:
             raise BadRequestError("this is the base variant: pitch [Pi] and style [St] tokens are not accepted")
         return align_units(units, self.is_expressive, style_seed)
 
+    async def prompt_segments(self, items: list[GenerationInput]) -> list[PromptSegment]:
+        """Inputs as prompt segments; their audio goes to the speech tokenizer together (one batch)."""
+        return list(await asyncio.gather(*(self._prompt_segment(item) for item in items)))
+
     async def _prompt_segment(self, item: GenerationInput) -> PromptSegment:
         if item.modality == Modality.TEXT or item.audio is None:
             return PromptSegment(item.modality, item.text)
@@ -343,7 +347,7 @@ class SpiritPipeline:
     ) -> TokenRequest:
         """Tokenize the inputs and build the engine request; every input error surfaces here, before any
         response (streamed or not) has started."""
-        return self.request_for([await self._prompt_segment(item) for item in inputs], output, options)
+        return self.request_for(await self.prompt_segments(inputs), output, options)
 
     def request_for(
         self, segments: list[PromptSegment], output: OutputModality, options: SamplingOptions

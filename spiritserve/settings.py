@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     tts_examples: Path | None = Field(
         None, description="few-shot speech pool, the same layout plus stop.<audio> (spoken 'stop'); unset: zero-shot"
     )
+    classify_examples: Path | None = Field(
+        None, description="/v1/classify examples: NAME.<audio> + NAME.txt holding its label; unset: zero-shot"
+    )
 
     batch_max_size: int = Field(16, ge=1, le=256, description="most requests one speech-stage batch holds")
     batch_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill")

@@ -87,7 +87,7 @@ def with_pipeline(stages, work, engine=None, limits: PipelineLimits = LIMITS):
 def test_pools_are_read_sorted_with_their_transcripts():
     asr = read(POOLS / "asr")
     assert [example.name for example in asr.examples] == ["01_weather", "02_train", "03_coffee"]
-    assert asr.examples[1].transcript == "The train leaves at nine." and asr.stop_clip is None
+    assert asr.examples[1].text == "The train leaves at nine." and asr.stop_clip is None
     tts = read(POOLS / "tts", stop_clip_required=True)
     assert "stop" not in [example.name for example in tts.examples] and len(tts.stop_clip) > 0
 

@@ -87,6 +87,12 @@ class LanguageModelEngine(Protocol):
         when the engine cannot take it."""
         ...
 
+    async def prompt_logprobs(self, prompt_ids: list[int], request_id: str, timeout_s: float) -> list[float]:
+        """The model's log-probability of each prompt token after the first given the tokens before it (its raw
+        distribution: no allowed-ids mask, no temperature): `len(prompt_ids) - 1` values. Raises
+        EngineUnavailableError when the engine cannot take it or does not answer within `timeout_s`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -181,6 +187,36 @@ class InProcessEngine:
             if not finished:
                 await self._llm.abort(request_id)
             await outputs.aclose()
+
+    async def prompt_logprobs(self, prompt_ids: list[int], request_id: str, timeout_s: float) -> list[float]:
+        """One prefill with vLLM's `prompt_logprobs` (0: only the prompt's own token per position) and a single
+        greedy token that is thrown away. vLLM recomputes the whole prompt for such a request (its cached prefix
+        blocks would not give the cached positions' log-probabilities), so a shared prefix is not reused."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._llm.errored:
+            raise EngineUnavailableError("the language-model engine has stopped; the server needs a restart")
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        outputs = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
+        final, finished = None, False
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for output in outputs:
+                    final = output
+            finished = True
+        except TimeoutError:
+            raise EngineUnavailableError(f"scoring did not finish within {timeout_s:.0f} s") from None
+        finally:
+            if not finished:  # a deadline, or the caller went away
+                await self._llm.abort(request_id)
+            await outputs.aclose()
+        if final is None or final.prompt_logprobs is None:
+            raise EngineUnavailableError("the language-model engine returned no prompt log-probabilities")
+        return [position[token_id].logprob for token_id, position in zip(prompt_ids[1:], final.prompt_logprobs[1:])]
 
     async def close(self) -> None:
         self._llm.shutdown()

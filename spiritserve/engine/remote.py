@@ -153,13 +153,41 @@ class RemoteEngine:
         finally:
             await response.aclose()  # before the end: the engine sees the client leave and aborts the request
 
+    async def prompt_logprobs(self, prompt_ids: list[int], request_id: str, timeout_s: float) -> list[float]:
+        """vLLM's `prompt_logprobs` (0: only the prompt's own token per position) on one non-streamed completion
+        of a single greedy token, which is thrown away."""
+        if not self._healthy:
+            raise EngineUnavailableError("the language-model engine is unavailable")
+        body = {"model": self.model_id, "prompt": prompt_ids, "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": 0, "request_id": request_id}  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        response = await self._send(self._client.build_request("POST", f"{self.base_url}/completions", json=body),
+                                    request_id, deadline)  # fmt: skip
+        try:
+            async with asyncio.timeout_at(deadline):
+                await response.aread()
+            positions = response.json()["choices"][0]["prompt_logprobs"]
+            # JSON object keys are strings: each position maps the prompt's token id to its log-probability
+            return [position[str(token_id)]["logprob"] for token_id, position in zip(prompt_ids[1:], positions[1:])]
+        except TimeoutError:
+            raise self._unavailable("no answer before the request's deadline") from None
+        except httpx.HTTPError as exc:
+            raise self._unavailable(repr(exc)) from exc
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise self._unavailable(f"unexpected prompt_logprobs in the answer: {exc!r}") from exc
+        finally:
+            await response.aclose()
+
     async def _open(self, request: TokenRequest, request_id: str, deadline: float) -> httpx.Response:
-        """Send the request; while nothing was generated, retry an engine that cannot take it (a replica that
-        just died, which the router has not yet taken out) for up to `failover_s`."""
-        loop = asyncio.get_running_loop()
         headers = {SESSION_HEADER: request.affinity_key} if request.affinity_key else {}
         post = self._client.build_request("POST", f"{self.base_url}/completions", json=self._body(request, request_id),
                                           headers=headers)  # fmt: skip
+        return await self._send(post, request_id, deadline)
+
+    async def _send(self, post: httpx.Request, request_id: str, deadline: float) -> httpx.Response:
+        """Send a request (its body not yet read); while nothing was generated, retry an engine that cannot take
+        it (a replica that just died, which the router has not yet taken out) for up to `failover_s`."""
+        loop = asyncio.get_running_loop()
         give_up = min(deadline, loop.time() + self._failover_s)
         pause = FIRST_RETRY_PAUSE_S
         while True:

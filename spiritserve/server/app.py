@@ -26,6 +26,7 @@ from spiritserve.errors import CheckpointError, SpiritServeError
 from spiritserve.few_shot import FewShotPrompts, build_prompts, read_pools
 from spiritserve.gpu_memory import GpuMemoryPlan, share_gpu, speech_workload
 from spiritserve.pipeline import SpiritPipeline
+from spiritserve.scoring import tokenize_examples
 from spiritserve.server.admission import ApiKeys, RateLimiter
 from spiritserve.server.auth import AccessMiddleware, OriginPolicy
 from spiritserve.server.docs_pages import install_docs
@@ -35,6 +36,7 @@ from spiritserve.server.metrics import MetricsMiddleware, ServiceMetrics
 from spiritserve.server.openai_routes import router as openai_router
 from spiritserve.server.realtime import router as realtime_router
 from spiritserve.server.routes import ClientDisconnected, router
+from spiritserve.server.scoring_routes import router as scoring_router
 from spiritserve.server.web import router as web_router
 from spiritserve.server.web import static_files
 from spiritserve.settings import Settings
@@ -173,7 +175,8 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
         app.state.vad_factory = await asyncio.to_thread(load_vad)  # server VAD: one model, each session's own state
         pipeline = await load_pipeline(settings, checkpoint, metrics)
         try:
-            app.state.few_shot = await build_prompts(pipeline, *pools)
+            app.state.few_shot = await build_prompts(pipeline, pools.transcription, pools.speech)
+            app.state.classify_examples = await tokenize_examples(pipeline, pools.classification)
             await pipeline.warm_up()
             app.state.pipeline = pipeline
             logger.info("ready")
@@ -195,9 +198,11 @@ def build_app(settings: Settings, checkpoint: SpiritCheckpoint) -> FastAPI:
     app.state.metrics = metrics
     app.state.pipeline = None
     app.state.few_shot = FewShotPrompts()  # zero-shot; the lifespan builds the configured pools' prompts
+    app.state.classify_examples = []  # zero-shot; the lifespan tokenizes the configured classification pool
     app.state.admission = admission
     metrics.watch(admission, app.state)
     app.include_router(router)
+    app.include_router(scoring_router)  # /v1/score, /v1/classify
     app.include_router(openai_router)  # /v1/chat/completions, /v1/audio/*, /v1/models
     app.include_router(realtime_router)
     app.include_router(web_router)  # the voice-chat page at /

@@ -314,7 +314,7 @@ def _speech_units(tokens: str, pipeline: SpiritPipeline, style_seed: int | None 
     return pipeline.align(tokens, style_seed)
 
 
-async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) -> GenerationInput:
+async def generation_input(item, settings: Settings, pipeline: SpiritPipeline) -> GenerationInput:
     if not isinstance(item, SpeechInput):
         if len(item.text) > settings.max_text_chars:
             raise BadRequestError(
@@ -338,7 +338,7 @@ async def _generation_input(item, settings: Settings, pipeline: SpiritPipeline) 
 )
 async def generate(request: Request, body: GenerateRequest, pipeline: PipelineDep, settings: SettingsDep) -> Response:
     """Any-to-any generation over an ordered list of text and speech inputs (the reference's `generate`)."""
-    inputs = [await _generation_input(item, settings, pipeline) for item in body.inputs]
+    inputs = [await generation_input(item, settings, pipeline) for item in body.inputs]
     return await _generate_or_stream(request, pipeline, inputs, body.output_modality, body)
 
 

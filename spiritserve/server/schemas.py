@@ -1,6 +1,6 @@
 """Request and response bodies of the REST API (pydantic), with limits that turn bad input into 422s."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,6 +40,7 @@ class SpeechInput(BaseModel):
     tokens: str | None = Field(None, min_length=1)
 
 
+PromptItem = TextInput | SpeechInput
 ResponseFormat = Literal["json", "wav", "pcm"]
 
 
@@ -57,9 +58,53 @@ class OutputFields(BaseModel):
 
 
 class GenerateRequest(SamplingFields, OutputFields):
-    inputs: list[TextInput | SpeechInput] = Field(min_length=1, max_length=64)
+    inputs: list[PromptItem] = Field(min_length=1, max_length=64)
     output_modality: OutputModality = OutputModality.ARBITRARY
     response_format: ResponseFormat = "json"
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: list[PromptItem] = Field(default_factory=list, max_length=64, description="may be empty")
+    candidates: list[PromptItem] = Field(min_length=1, max_length=64, description="continuations to score")
+
+
+class CandidateScoreBody(BaseModel):
+    index: int
+    logprob: float = Field(description="sum of the LM's log-probabilities of the candidate's tokens")
+    tokens: int = Field(description="the candidate's tokens (after the prompt; a leading modality marker excluded)")
+    normalized_logprob: float = Field(description="logprob / tokens")
+
+
+class ScoreResponse(BaseModel):
+    prompt_tokens: int
+    scores: list[CandidateScoreBody] = Field(description="one per candidate, in order")
+    best: int = Field(description="index of the highest logprob")
+    best_normalized: int = Field(description="index of the highest normalized_logprob")
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: list[PromptItem] = Field(min_length=1, max_length=64, description="what to classify")
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=2, max_length=64, description="default: the labels of the server's example pool"
+    )
+    shots: int | None = Field(None, ge=0, description="examples from the server's pool, in its order; default all")
+    normalize: bool = Field(False, description="pick the label by token-normalised log-likelihood")
+
+
+class LabelScore(BaseModel):
+    label: str
+    logprob: float
+    tokens: int
+    normalized_logprob: float
+
+
+class ClassifyResponse(BaseModel):
+    label: str = Field(description="the most likely label")
+    scores: list[LabelScore] = Field(description="one per label, in order")
+    shots: int = Field(description="examples from the pool in the prompt")
+    prompt_tokens: int
 
 
 class UnitStreams(BaseModel):

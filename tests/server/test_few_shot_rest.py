@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import soundfile
@@ -42,9 +43,23 @@ MODEL = MODEL_NAMES["base"]
 HOP = 640
 
 
+CLASSIFY_LABELS = {"01_weather": "weather", "02_train": "travel", "03_coffee": "food"}
+
+
 @pytest.fixture(scope="module")
-def few_shot_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {"SPIRITSERVE_ASR_EXAMPLES": str(POOLS / "asr"), "SPIRITSERVE_TTS_EXAMPLES": str(POOLS / "tts")}
+def classify_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The transcription pool's clips, each labelled with its topic."""
+    folder = tmp_path_factory.mktemp("classify")
+    for name, label in CLASSIFY_LABELS.items():
+        shutil.copy(POOLS / "asr" / f"{name}.flac", folder)
+        (folder / f"{name}.txt").write_text(label + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def few_shot_url(tiny_bundle: Path, classify_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"SPIRITSERVE_ASR_EXAMPLES": str(POOLS / "asr"), "SPIRITSERVE_TTS_EXAMPLES": str(POOLS / "tts"),
+           "SPIRITSERVE_CLASSIFY_EXAMPLES": str(classify_pool)}  # fmt: skip
     with serve_process(tiny_bundle, tmp_path_factory, env) as (url, _):
         yield url
 
@@ -120,3 +135,23 @@ def test_a_bad_pool_stops_start_up_naming_the_file(tiny_bundle: Path, tmp_path: 
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode != 0
     assert f"{pool / '02_train.flac'}: no transcript" in finished.stdout + finished.stderr
+
+
+def test_classify_puts_the_pool_before_the_query(few_shot_url: str, expected):
+    """Each pool clip as `[Speech]<units>[Text]<label>`, then the query: the prompt's token count says so exactly,
+    and `shots` takes the first N examples; labels default to the pool's."""
+    _, clip_units, tokenizer = expected
+    audio = {"type": "speech", "audio_base64": base64.b64encode(CLIP.read_bytes()).decode()}
+    with httpx.Client(base_url=few_shot_url, timeout=120) as client:
+        clips = [POOLS / "asr" / f"{name}.flac" for name in CLASSIFY_LABELS]
+        tokens = [client.post("/v1/tokenize", files={"audio": (clip.name, clip.read_bytes())}).json()["tokens"]
+                  for clip in clips]  # fmt: skip
+        answers = {shots: client.post("/v1/classify", json={"input": [audio], "shots": shots}).json()
+                   for shots in (None, 1, 0)}  # fmt: skip
+    labels = list(CLASSIFY_LABELS.values())
+    for shots, count in ((None, 3), (1, 1), (0, 0)):
+        answer = answers[shots]
+        assert answer["shots"] == count and [entry["label"] for entry in answer["scores"]] == labels
+        assert answer["label"] in labels
+        prompt = "".join(f"[Speech]{units}[Text]{label}" for units, label in zip(tokens[:count], labels, strict=False))
+        assert answer["prompt_tokens"] == len(tokenizer.encode_prompt(prompt + f"[Speech]{clip_units}"))

@@ -16,6 +16,7 @@ import pytest
 from spiritserve.settings import CPU_KV_CACHE_BYTES
 from tests.conftest import free_port, serve_process, stop_process
 from tests.server.test_realtime import CLIP, Session, commit_and_answer, configure, open_session
+from tests.server.test_score import ReferenceLM, assert_close, text
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SPOKEN_CLIP = (FIXTURES / "espeak_16k_mono.flac").read_bytes()
@@ -146,6 +147,16 @@ def test_speech_continuation_plain_and_streamed_through_the_engine_tier(tier):
     # The engines' series stay on their own /metrics; the gateway exports its own only.
     gateway_metrics = tier.gateway.get("/metrics").text
     assert "spiritserve_generated_tokens_total" in gateway_metrics and "vllm:" not in gateway_metrics
+
+
+def test_scores_come_from_the_engine_tier_as_in_process(tier, tiny_bundle: Path):
+    reference = ReferenceLM(tiny_bundle)
+    endings = [" sat on the mat.", " flew."]
+    body = {"prompt": [text("The cat")], "candidates": [text(ending) for ending in endings]}
+    response = tier.gateway.post("/v1/score", json=body)
+    assert response.status_code == 200, response.text
+    for entry, ending in zip(response.json()["scores"], endings, strict=True):
+        assert_close(entry, reference.logprob("[Text]The cat", ending))
 
 
 def test_a_realtime_conversation_stays_on_one_engine(tier):
