@@ -4,7 +4,7 @@
 # batched equals one by one (check-batching), each precision against exact fp32 (check-precision), and an LM
 # stand-in's per-token latency with the vocoder busy (check-contention); JSON + PNG under one folder, then a
 # summary against the targets. It needs only the GPU image's Python with the packages `prerequisites` names
-# (what it lacks travels as wheels), and checks them first. The vocoder runs with and without CUDA graphs.
+# (what it lacks travels as wheels), and checks them first. HuBERT and the vocoder run with and without CUDA graphs.
 #
 #   scripts/gpu-check.sh [--device cuda|cpu] [--quick] [--out DIR]
 # --device cpu --quick is the dry run CI takes (under a minute): small sizes, one precision, tiny models.
@@ -41,9 +41,10 @@ for precision in "${precisions[@]}"; do
     record "components-$precision" spiritserve bench-components --device "$DEVICE" --precision "$precision" \
         "${components[@]}" --out "$OUT/components-$precision"
 done
-# The vocoder as served on a GPU: batches padded to fixed shapes, replayed as CUDA graphs (padding only on CPU).
+# HuBERT and the vocoder as served on a GPU: batches padded to fixed shapes, replayed as CUDA graphs (padding only
+# on CPU).
 record components-float32-graphs spiritserve bench-components --device "$DEVICE" "${components[@]}" \
-    --components hifigan,hifigan_stream --cuda-graphs --out "$OUT/components-float32-graphs"
+    --components hubert,hifigan,hifigan_stream --cuda-graphs --out "$OUT/components-float32-graphs"
 
 clips=(tests/fixtures/espeak_16k_mono.flac tests/fixtures/flite_48k_stereo.opus)
 [ -n "$QUICK" ] && clips=("${clips[0]}")

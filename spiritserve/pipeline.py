@@ -214,7 +214,7 @@ class SpiritPipeline:
             "St": vocoder.num_style_units,
         }
         # One worker thread owns the speech models; the batchers feed it whole batches, streams answering first.
-        self._speech_worker = SpeechWorker()
+        self._speech_worker = SpeechWorker(device=vocoder.device)
         batching = dict(
             executor=self._speech_worker.normal,
             max_batch_size=limits.batch_max_size,

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
         "check-precision shows >= 99.5% unit agreement",
     )
     cuda_graphs: bool = Field(
-        True, description="on CUDA, pad vocoder batches to fixed shapes replayed as captured graphs (0: eager)"
+        True,
+        description="on CUDA, pad HuBERT and vocoder batches to fixed shapes replayed as captured graphs (0: eager)",
     )
     vocoder_dtype: Precision = Field(
         "float32", description="vocoder generator's precision (durations stay exact); see check-precision's SNR"

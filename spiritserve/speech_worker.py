@@ -7,7 +7,8 @@ gap (or the first audio comes late). So the worker takes work from two lanes, `u
 chunks of answers under way) before `normal` (tokenizing new requests, vocoding whole answers), each in arrival
 order. A job already running is never interrupted. `concurrent.futures` has no priority executor and no
 maintained library adds one, hence this small one; each lane is an `Executor`, so
-`loop.run_in_executor(worker.urgent, ...)` works as with a thread pool.
+`loop.run_in_executor(worker.urgent, ...)` works as with a thread pool. On a GPU the jobs run on a CUDA stream of
+the worker's own (`transfers.speech_stream`), and a job waits only for that stream when it copies its result out.
 """
 
 import itertools
@@ -16,6 +17,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
+
+import torch
+
+from spiritserve.transfers import speech_stream
 
 URGENT, NORMAL = 0, 1
 _STOP = (2, 0, None, None)  # after everything queued
@@ -30,12 +35,14 @@ class _Lane(Executor):
 
 
 class SpeechWorker:
-    def __init__(self, name: str = "speech-worker") -> None:
+    def __init__(self, name: str = "speech-worker", device: torch.device | None = None) -> None:
+        """`device`: the speech models' (a CUDA device gets the worker's own stream)."""
         self._queue: queue.PriorityQueue[tuple[int, int, Future[Any] | None, Callable[[], Any] | None]] = (
             queue.PriorityQueue()
         )
         self._order = itertools.count()
         self._closed = False
+        self._device = device
         self.urgent: Executor = _Lane(self, URGENT)
         self.normal: Executor = _Lane(self, NORMAL)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -49,18 +56,19 @@ class SpeechWorker:
         return future
 
     def _serve(self) -> None:
-        while True:
-            _, _, future, job = self._queue.get()
-            if future is None or job is None:
-                return
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = job()
-            except BaseException as exc:  # delivered to the caller, like a thread pool does
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+        with speech_stream(self._device):
+            while True:
+                _, _, future, job = self._queue.get()
+                if future is None or job is None:
+                    return
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    result = job()
+                except BaseException as exc:  # delivered to the caller, like a thread pool does
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
 
     def shutdown(self) -> None:
         """Cancel what has not started, let the running job finish, stop the thread."""

@@ -108,6 +108,7 @@ async def load_pipeline(settings: Settings, checkpoint: SpiritCheckpoint, metric
         )
         vocoder = await asyncio.to_thread(UnitVocoder.from_dir, checkpoint.vocoder_dir, device, settings.vocoder_dtype)
     if device == "cuda" and settings.cuda_graphs:  # before the GPU plan: the graphs' memory is the stages' too
+        await asyncio.to_thread(speech_tokenizer.use_fixed_shapes)
         await asyncio.to_thread(vocoder.use_fixed_shapes)
     plan = None
     if device == "cuda" and settings.engine_url is None and torch.cuda.is_available():

@@ -6,8 +6,9 @@ so a clip under 80 ms gives no units at all (spiritlm-compat.md §8.1); every st
 keeps HuBERT, pitch and style aligned in time.
 """
 
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,15 +38,18 @@ def split_into_chunks(waveforms: list[np.ndarray]) -> list[tuple[int, np.ndarray
     return chunks
 
 
-def padded_batches(lengths: list[int], max_batch_samples: int) -> Iterator[list[int]]:
+def padded_batches(
+    lengths: list[int], max_batch_samples: int, padded_size: Callable[[int, int], int] = operator.mul
+) -> Iterator[list[int]]:
     """Indices grouped for padded forwards: sorted by length (little padding), each batch at most
-    `max_batch_samples` padded samples (bounds activation memory); a single long chunk is its own batch."""
+    `max_batch_samples` padded samples (bounds activation memory); a single long chunk is its own batch.
+    `padded_size(rows, longest)`: the samples a forward of that batch pads to (by default to its longest chunk)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batch: list[int] = []
     for position, index in enumerate(order):
         batch.append(index)
         is_last = position == len(order) - 1
-        if is_last or lengths[order[position + 1]] * (len(batch) + 1) > max_batch_samples:
+        if is_last or padded_size(len(batch) + 1, lengths[order[position + 1]]) > max_batch_samples:
             yield batch
             batch = []
 

@@ -3,7 +3,9 @@
 Only the inference path of the official ``mhubert_base_25hz.pt`` is implemented: the default conv extractor
 (GroupNorm in the first block), post-LN transformer (``layer_norm_first=False``), no masking, no dropout.
 Parameter names are fairseq's, so ``model_weight`` loads strictly with no mapping. Unlike fairseq, a
-right-padded batch gives the same features as running each utterance alone (see ``extract_features``).
+right-padded batch gives the same features as running each utterance alone (see ``extract_features``), and the
+forward itself (``HubertModel.forward``) makes no host sync, so a padded batch of fixed shape can be captured as a
+CUDA graph.
 """
 
 import ast
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spiritserve.errors import CheckpointError
+from spiritserve.transfers import to_device
 from spiritserve.weights import check_unknown_keys, legacy_weight_norm
 
 # Every field of fairseq's HubertConfig (plus the ``_name`` its dataclasses carry), in any fairseq version
@@ -176,27 +179,36 @@ class ConvFeatureExtractor(nn.Module):
             self.conv_layers.append(nn.ModuleDict(block))
             in_channels = channels
 
-    def forward(self, waveforms: Tensor, lengths: list[int] | None) -> Tensor:
+    def forward(self, waveforms: Tensor, lengths: Tensor | None) -> Tensor:
+        """(B, samples) with `lengths` (B,) valid samples per row (None: all valid) -> (B, C, frames)."""
         x = waveforms.unsqueeze(1)  # (B, 1, samples)
         for index, block in enumerate(self.conv_layers):
             x = block["0"](x)  # (B, C, frames)
             if index == 0:
                 _, kernel, stride = self.config.conv_feature_layers[0]
-                frames = None if lengths is None else [(length - kernel) // stride + 1 for length in lengths]
-                x = self._group_norm(block["2"], x, frames)
+                frames = None if lengths is None else (lengths - kernel) // stride + 1  # (B,)
+                x = masked_group_norm(block["2"], x, frames)
             x = F.gelu(x)
         return x
 
-    @staticmethod
-    def _group_norm(norm: nn.GroupNorm, x: Tensor, frames: list[int] | None) -> Tensor:
-        """GroupNorm with one group per channel normalises over time, so padded frames would shift the
-        statistics: normalise each row over its own valid frames instead (later convs never read past them)."""
-        if frames is None:
-            return norm(x)
-        out = torch.zeros_like(x)
-        for row, length in enumerate(frames):
-            out[row, :, :length] = norm(x[row : row + 1, :, :length])[0]
-        return out
+
+def masked_group_norm(norm: nn.GroupNorm, x: Tensor, frames: Tensor | None) -> Tensor:
+    """GroupNorm with one group per channel over (B, C, T), each row over its first `frames` (B,) frames only.
+
+    Padded frames would shift the statistics of a plain GroupNorm (it normalises over time), so each row is
+    normalised over its own valid frames and the rest set to zero (later convs never read past them); from tensor
+    ops on the frame counts, so no host sync and no per-row loop. Computed in fp32, as autocast runs group_norm.
+    """
+    if frames is None:
+        return norm(x)
+    assert norm.num_groups == norm.num_channels, "one group per channel (fairseq's default extractor)"
+    x = x.float()
+    valid = (torch.arange(x.size(2), device=x.device) < frames[:, None])[:, None, :]  # (B, 1, T)
+    count = frames.clamp(min=1)[:, None, None].to(x.dtype)  # (B, 1, 1)
+    mean = (x * valid).sum(dim=2, keepdim=True) / count  # (B, C, 1)
+    centred = (x - mean) * valid  # (B, C, T)
+    normalised = centred * torch.rsqrt(centred.square().sum(dim=2, keepdim=True) / count + norm.eps)
+    return (normalised * norm.weight[:, None] + norm.bias[:, None]) * valid
 
 
 class SamePad(nn.Module):
@@ -262,10 +274,12 @@ class TransformerEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(dim)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
 
-    def forward(self, x: Tensor, padding_mask: Tensor, num_layers: int) -> Tensor:
-        """(B, T, C) with padding_mask (B, T) True = pad -> output of layer ``num_layers`` (B, T, C)."""
-        # Zero the padding so the positional conv sees what an unpadded run sees past the end: zeros.
-        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+    def forward(self, x: Tensor, padding_mask: Tensor | None, num_layers: int) -> Tensor:
+        """(B, T, C) with padding_mask (B, T) True = pad (None: no padding) -> output of layer ``num_layers``
+        (B, T, C). Keys are masked whenever a mask is given (a fixed-shape batch always gives one) or the frames are
+        padded to the multiple below; the caller knows which from its lengths, so nothing here reads the device."""
+        if padding_mask is not None:  # zeros, as an unpadded run's positional conv sees past the end
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         x = self.layer_norm(x)
 
@@ -273,8 +287,12 @@ class TransformerEncoder(nn.Module):
         frames = x.size(1)
         extra = -frames % self.config.required_seq_len_multiple
         x = F.pad(x, (0, 0, 0, extra))  # (B, T + extra, C)
-        padding_mask = F.pad(padding_mask, (0, extra), value=True)
-        attn_mask = ~padding_mask[:, None, None, :] if padding_mask.any() else None  # (B, 1, 1, T) True = attend
+        attn_mask = None
+        if padding_mask is not None or extra:
+            if padding_mask is None:
+                padding_mask = torch.zeros(x.size(0), frames, dtype=torch.bool, device=x.device)
+            padding_mask = F.pad(padding_mask, (0, extra), value=True)
+            attn_mask = ~padding_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
         for layer in self.layers[:num_layers]:
             x = layer(x, attn_mask)
         return x[:, :frames]
@@ -297,38 +315,47 @@ class HubertModel(nn.Module):
         self.mask_emb = nn.Parameter(torch.zeros(config.encoder_embed_dim))
         self.encoder = TransformerEncoder(config)
 
-    def extract_features(
-        self, waveforms: Tensor, padding_mask: Tensor | None = None, output_layer: int = 11
-    ) -> tuple[Tensor, Tensor]:
-        """16 kHz waveforms (B, samples), right-padded where ``padding_mask`` (B, samples) is True ->
-        (output of transformer layer ``output_layer`` (1-based, after its post-LN) (B, frames, C),
-        frame padding mask (B, frames), True = pad).
+    def extract_features(self, waveforms: Tensor, lengths: list[int] | None = None, output_layer: int = 11) -> Tensor:
+        """16 kHz waveforms (B, samples), row r right-padded after ``lengths[r]`` samples (None: no padding) ->
+        output of transformer layer ``output_layer`` (1-based, after its post-LN) (B, frames, C).
 
-        A row's valid frames are exactly the frames an unpadded run of that row produces.
+        Row r's first ``valid_frames(lengths, samples)[r]`` frames are exactly the frames an unpadded run of that
+        row produces. The checks read only ``lengths``, on the host.
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
         if not 1 <= output_layer <= self.config.encoder_layers:
             raise ValueError(f"output_layer must be in 1..{self.config.encoder_layers}, got {output_layer}")
         batch, samples = waveforms.shape
-        if padding_mask is None:
-            lengths = None
-            valid_frames = [self.config.num_frames(samples)] * batch
-        else:
-            sample_lengths = (~padding_mask).sum(dim=1)
-            positions = torch.arange(samples, device=padding_mask.device)
-            if not torch.equal(padding_mask, positions >= sample_lengths[:, None]):
-                raise ValueError("padding_mask must be True on a suffix of each row (right padding)")
-            lengths = sample_lengths.tolist()
-            valid_frames = [self.config.num_frames(length) for length in lengths]
-        if min(valid_frames) < 1:
-            raise ValueError(f"waveform too short for one frame: valid lengths {lengths or [samples] * batch}")
+        if lengths is not None and len(lengths) != batch:
+            raise ValueError(f"{len(lengths)} lengths for {batch} waveforms")
+        self.valid_frames(lengths or [samples] * batch, samples)
+        padded = lengths is not None and min(lengths) < samples
+        length_tensor = to_device(torch.tensor(lengths), waveforms.device) if padded else None
+        return self(waveforms, length_tensor, output_layer)
 
+    def valid_frames(self, lengths: list[int], samples: int) -> list[int]:
+        """Output frames of each row of `samples` padded samples with `lengths` valid ones; ValueError when a length
+        is out of range or gives no frame."""
+        if any(not 0 < length <= samples for length in lengths):
+            raise ValueError(f"lengths must be in 1..{samples} (the padded length), got {lengths}")
+        frames = [self.config.num_frames(length) for length in lengths]
+        if min(frames, default=1) < 1:
+            raise ValueError(f"waveform too short for one frame: valid lengths {lengths}")
+        return frames
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None, output_layer: int) -> Tensor:
+        """``extract_features`` with unchecked ``lengths`` (B,) on the waveforms' device (None: no padding): tensor
+        ops only, no host sync, so a batch of fixed shape can be captured as a CUDA graph."""
         features = self.feature_extractor(waveforms, lengths)  # (B, C, frames)
         features = self.layer_norm(features.transpose(1, 2))  # (B, frames, C)
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)  # (B, frames, encoder_embed_dim)
-        frames = features.size(1)
-        frame_positions = torch.arange(frames, device=features.device)
-        frame_padding_mask = frame_positions >= torch.tensor(valid_frames, device=features.device)[:, None]
-        return self.encoder(features, frame_padding_mask, output_layer), frame_padding_mask
+        frame_padding_mask = None
+        if lengths is not None:
+            frame_lengths = lengths
+            for _, kernel, stride in self.config.conv_feature_layers:
+                frame_lengths = torch.clamp((frame_lengths - kernel) // stride + 1, min=0)
+            frame_positions = torch.arange(features.size(1), device=features.device)
+            frame_padding_mask = frame_positions >= frame_lengths[:, None]  # (B, frames) True = pad
+        return self.encoder(features, frame_padding_mask, output_layer)

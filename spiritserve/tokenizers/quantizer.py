@@ -58,18 +58,19 @@ class LinearQuantizer(nn.Sequential):
         )  # fmt: skip
         self.config = config
 
-    def units(self, features: Tensor) -> Tensor:
-        """Features (frames, dim) -> units (frames,) in 0..vocab_size-1, not deduplicated."""
-        return units_from_logits(self(features), blank=self.config.vocab_size)
+    def unit_argmax(self, features: Tensor) -> Tensor:
+        """Features (..., dim) -> each frame's most likely class (...), the blank (``vocab_size``) included: the part
+        with fixed shapes (captured in a CUDA graph with HuBERT); ``fill_blanks`` then makes units of it."""
+        return self(features).log_softmax(dim=-1).argmax(dim=-1)
 
 
-def units_from_logits(logits: Tensor, blank: int) -> Tensor:
-    """Argmax of log-softmax (frames, blank + 1) -> (frames,), then each blank takes the previous frame's unit.
+def fill_blanks(units: Tensor, blank: int) -> Tensor:
+    """Argmax classes (frames,) -> units (frames,): each blank takes the previous frame's unit.
 
     The fill repeats a shift-by-one, like the reference: its ``torch.roll`` has no dim, so frame 0 takes
-    the *last* frame's unit (wraparound), kept for bit-exact units. An all-blank input stays blank.
+    the *last* frame's unit (wraparound), kept for bit-exact units. An all-blank input stays blank. A loop that
+    depends on the data: run it on the host, after the one copy out of the argmax.
     """
-    units = logits.log_softmax(dim=-1).argmax(dim=-1)  # (frames,)
     for _ in range(MAX_BLANK_FILL_ITERATIONS):
         is_blank = units == blank
         if not is_blank.any() or is_blank.all():  # done, or nothing to copy from (further shifts change nothing)

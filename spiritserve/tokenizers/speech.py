@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritserve.cuda_graphs import CaptureReport
 from spiritserve.numerics import Precision, precision_scope
 from spiritserve.tokenizers.phonetic import PhoneticTokenizer
 from spiritserve.tokenizers.pitch import PitchTokenizer
@@ -72,6 +73,11 @@ class SpeechTokenizer:
     @property
     def is_expressive(self) -> bool:
         return self.pitch is not None
+
+    def use_fixed_shapes(self) -> CaptureReport:
+        """HuBERT batches at fixed shapes, replayed as CUDA graphs on a GPU captured at this tokenizer's precision
+        (`phonetic.FixedShapeEncoder`); pitch and style run as they are."""
+        return self.phonetic.use_fixed_shapes(self.precision)
 
     def encode(self, waveforms: list[np.ndarray]) -> list[SpeechUnits]:
         """16 kHz mono float32 waveforms → units per waveform (empty hubert for clips under 80 ms)."""

@@ -126,7 +126,7 @@ def _noise(batch: int, seconds: float, seed: int) -> list[Any]:
     return [(0.1 * rng.standard_normal(samples)).astype(np.float32) for _ in range(batch)]
 
 
-def build_hubert(device: str, seconds: float, seed: int) -> Component:
+def build_hubert(device: str, seconds: float, seed: int, graphs: bool = False) -> Component:
     from spiritserve.tokenizers.hubert import HubertConfig, HubertModel
     from spiritserve.tokenizers.phonetic import PhoneticTokenizer
     from spiritserve.tokenizers.quantizer import LinearQuantizer, QuantizerConfig
@@ -135,12 +135,14 @@ def build_hubert(device: str, seconds: float, seed: int) -> Component:
     hubert = HubertModel(HubertConfig.from_model_cfg(HUBERT_MODEL_CFG, source))
     quantizer = LinearQuantizer(QuantizerConfig.from_model_cfg(QUANTIZER_CFG, source))
     tokenizer = PhoneticTokenizer(hubert, quantizer, normalize=False, device=device)
+    if graphs:  # padded to fixed shapes, replayed as CUDA graphs on a GPU, as the server runs it
+        tokenizer.use_fixed_shapes()
     return Component(
         name="hubert",
         entry_point="PhoneticTokenizer.encode",
         batched=True,
         notes="one right-padded forward per batch of up to max_batch_samples padded samples; the first conv's "
-        "GroupNorm is applied per row",
+        "GroupNorm is masked per row" + ("; padded to fixed shapes (CUDA graphs on a GPU)" if graphs else ""),
         parameters={"hubert": _count(hubert), "quantizer": _count(quantizer)},
         config={"hubert_model_cfg": HUBERT_MODEL_CFG, "quantizer_model_cfg": QUANTIZER_CFG, "output_layer": 11},
         make_inputs=lambda batch: _noise(batch, seconds, seed),
@@ -292,7 +294,7 @@ def build_hifigan_stream(device: str, seconds: float, seed: int, graphs: bool = 
     )
 
 
-VOCODER_COMPONENTS = ("hifigan", "hifigan_stream")  # these take `graphs`
+GRAPH_COMPONENTS = ("hubert", "hifigan", "hifigan_stream")  # these take `graphs`
 BUILDERS: dict[str, Callable[..., Component]] = {
     "hubert": build_hubert,
     "pitch": build_pitch,
@@ -563,7 +565,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cuda-graphs", action="store_true",
-        help="vocoder batches padded to fixed shapes, replayed as CUDA graphs on a GPU (as the server runs them)",
+        help="HuBERT and vocoder batches padded to fixed shapes, replayed as CUDA graphs on a GPU (as the server runs "
+        "them)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch sizes 1,2, 0.5 s, 1 repeat")
     parser.set_defaults(run=run)
@@ -624,7 +627,7 @@ def run(args: argparse.Namespace) -> None:
     failed = False
     for name in args.components:
         started = time.perf_counter()
-        graphs = {"graphs": args.cuda_graphs} if name in VOCODER_COMPONENTS else {}
+        graphs = {"graphs": args.cuda_graphs} if name in GRAPH_COMPONENTS else {}
         component = BUILDERS[name](device, seconds, args.seed, **graphs)
         build_s = time.perf_counter() - started
         logger.info("%s built in %.1f s (%s parameters)", name, build_s, f"{sum(component.parameters.values()):,}")

@@ -8,6 +8,7 @@ stream (``f0_dict``, 12.5 Hz) and a style-unit stream (``style_dict``, 1 Hz) nex
 (compat doc §9).
 """
 
+import copy
 import operator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +19,10 @@ import torch
 from spiritserve.audio import SAMPLE_RATE
 from spiritserve.errors import CheckpointError
 from spiritserve.numerics import Precision, precision_scope
+from spiritserve.transfers import to_device, to_host
 from spiritserve.vocoder.batched import DEFAULT_WINDOW_FRAMES, generate_sequences
 from spiritserve.vocoder.graphs import CaptureReport, FixedShapeGenerator
-from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig, repeat_to_length
+from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig, frames_per_unit, repeat_to_length
 from spiritserve.vocoder.streaming import StreamingDecoder, vocode_streams
 from spiritserve.vocoder.windows import max_forward_frames
 from spiritserve.weights import fold_weight_norm, load_state_dict_strict, read_checkpoint, require_keys
@@ -83,8 +85,8 @@ def _read_names(path: Path) -> list[str]:
 class UnitVocoder:
     """The vocoder stage as the pipeline sees it (base or expressive): ``validate``, ``decode``, ``decode_batch``
     (windows of many requests share forwards) and ``open_stream`` / ``emit_streams`` (streamed audio), all
-    taking a ``VocodeRequest``'s fields; it aligns pitch and style streams and predicts durations in exact fp32
-    (they decide integer frame counts), and runs the generator at ``precision`` (spiritserve.numerics)."""
+    taking a ``VocodeRequest``'s fields; it aligns pitch and style streams and predicts durations in exact fp32 on
+    the host (they decide integer frame counts), and runs the generator at ``precision`` (spiritserve.numerics)."""
 
     def __init__(
         self,
@@ -100,6 +102,12 @@ class UnitVocoder:
         self.device = device
         self.precision = precision
         self.fixed_shapes: FixedShapeGenerator | None = None  # set by use_fixed_shapes()
+        # Durations are predicted on the host from a CPU copy of the unit table and the predictor (the same fp32
+        # weights): Python ints with no wait for the device, the same for streamed and offline decodes.
+        self._duration_table = copy.deepcopy(model.dict).cpu()
+        self._duration_predictor = (
+            None if model.dur_predictor is None else copy.deepcopy(model.dur_predictor).cpu().eval()
+        )
 
     @classmethod
     def from_dir(
@@ -209,9 +217,9 @@ class UnitVocoder:
 
     def _aligned_streams(
         self, units: list[int], pitch: list[int] | None, style_units: list[int] | None
-    ) -> tuple[torch.LongTensor | None, torch.LongTensor | None, bool]:
-        """Pitch and style as (1, T) ids aligned one-to-one with the units, and whether they came as raw
-        (slower-rate) streams, i.e. resynthesis.
+    ) -> tuple[list[int] | None, list[int] | None, bool]:
+        """Pitch and style ids aligned one-to-one with the units, and whether they came as raw (slower-rate)
+        streams, i.e. resynthesis.
 
         The reference rule (compat doc §9.3): pitch the same length as the units is pre-duplicated LM output
         (§8.3) and style must then be too; any other pitch length means raw 12.5 Hz pitch and 1 Hz style
@@ -234,20 +242,19 @@ class UnitVocoder:
             return None, None, False
         lead_name, lead, _ = streams[0]
         resynthesis = len(lead) != len(units)
-        aligned: dict[str, torch.LongTensor] = {}
+        aligned: dict[str, list[int]] = {}
         for name, values, ratio in streams:
-            ids = torch.tensor([values], dtype=torch.long, device=self.device)  # (1, S)
             if not resynthesis:
                 if len(values) != len(units):
                     raise ValueError(
                         f"{name} has {len(values)} entries but units has {len(units)}: with {lead_name} one per "
                         f"unit (pre-duplicated LM output), {name} must be one per unit too"
                     )
-                aligned[name] = ids
+                aligned[name] = values
             elif not values:
                 raise ValueError(f"{name} is empty, but there are {len(units)} units to vocode")
             else:
-                aligned[name] = repeat_to_length(ids, ratio, len(units))  # (1, T)
+                aligned[name] = repeat_to_length(torch.tensor([values]), ratio, len(units))[0].tolist()  # host
         return aligned.get("pitch"), aligned.get("style_units"), resynthesis
 
     @torch.inference_mode()
@@ -258,7 +265,7 @@ class UnitVocoder:
             return VocoderOutput(audio=np.zeros(0, dtype=np.float32), durations=[])
         with precision_scope(self.precision, self.device.type):
             audio = self.model.generate(features[None])[0]  # (frames × hop,)
-        return VocoderOutput(audio=audio.float().cpu().numpy(), durations=durations)
+        return VocoderOutput(audio=to_host(audio.float()).numpy(), durations=durations)
 
     @torch.inference_mode()
     def decode_batch(
@@ -300,21 +307,51 @@ class UnitVocoder:
         units = request.units
         if not units:
             return None, []
-        f0_codes, style_codes, resynthesis = self._aligned_streams(units, request.pitch, request.style_units)
-        codes = torch.tensor([units], dtype=torch.long, device=self.device)  # (1, T)
-        speakers = torch.tensor([request.speaker], dtype=torch.long, device=self.device)  # (1,)
-        styles = None if request.style is None else torch.tensor([request.style], dtype=torch.long, device=self.device)
+        pitch, style_units, resynthesis = self._aligned_streams(units, request.pitch, request.style_units)
         if request.durations is not None:
-            frames_per_unit = torch.tensor([request.durations], dtype=torch.long, device=self.device)  # (1, T)
+            durations = request.durations
         elif request.predict_durations and not resynthesis:
-            frames_per_unit = self.model.predict_durations(codes)  # (1, T)
+            durations = self.predict_durations(units)
         else:
-            frames_per_unit = None
+            durations = [1] * len(units)
+        assert request.speaker is not None, "filled in by validate"
+        return self.generator_input(units, durations, request.speaker, request.style, pitch, style_units), durations
+
+    def predict_durations(self, units: list[int]) -> list[int]:
+        """Frames per unit (each >= 1) of a unit sequence, predicted on the host in fp32 (see ``__init__``)."""
+        if self._duration_predictor is None:
+            raise ValueError("this vocoder has no duration predictor (config has no dur_predictor_params)")
+        codes = torch.tensor([units], dtype=torch.long)  # (1, T)
+        return frames_per_unit(self._duration_table, self._duration_predictor, codes)[0].tolist()
+
+    def generator_input(
+        self,
+        units: list[int],
+        durations: list[int],
+        speaker: int,
+        style: int | None,
+        pitch: list[int] | None = None,
+        style_units: list[int] | None = None,
+    ) -> torch.Tensor:
+        """(model_in_dim, sum(durations)) generator input of units lasting ``durations`` frames, with pitch and style
+        units one per unit where the vocoder takes them. The ids are expanded to frames on the host and sent in one
+        copy with the speaker and style, so this never waits for the device (the embeddings are per frame, so
+        expanding ids equals expanding their embeddings)."""
+        counts = torch.tensor(durations)
+        streams = {"codes": units, "f0_codes": pitch, "style_codes": style_units}
+        present = {name: values for name, values in streams.items() if values is not None}
+        frames = sum(durations)
+        conditioning = [speaker] if style is None else [speaker, style]
+        host = torch.cat([*(torch.tensor(values).repeat_interleave(counts) for values in present.values()),
+                          torch.tensor(conditioning)])  # fmt: skip
+        ids = to_device(host, self.device)
+        per_frame = dict(zip(present, ids[: len(present) * frames].view(len(present), 1, frames), strict=True))
+        globals_ = ids[len(present) * frames :]
         features = self.model.frame_features(
-            codes, speakers, styles, frames_per_unit, f0_codes=f0_codes, style_codes=style_codes
-        )  # (1, model_in_dim, frames)
-        used = frames_per_unit[0].tolist() if frames_per_unit is not None else [1] * len(units)
-        return features[0], used
+            per_frame["codes"], globals_[:1], None if style is None else globals_[1:],
+            f0_codes=per_frame.get("f0_codes"), style_codes=per_frame.get("style_codes"),
+        )  # fmt: skip
+        return features[0]
 
 
 def _check_stream(values: list[int] | None, size: int, name: str) -> list[int] | None:

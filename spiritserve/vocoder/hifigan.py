@@ -228,8 +228,15 @@ class ResBlock1(nn.Module):
         return x
 
 
+def frames_per_unit(table: nn.Embedding, predictor: VariancePredictor, codes: torch.Tensor) -> torch.Tensor:
+    """(B, T) unit ids → (B, T) predicted frames per unit, each >= 1 (``predictor`` reads ``table``'s embeddings)."""
+    log_durations = predictor(table(codes))  # (B, T)
+    return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
+
+
 def _expand(x: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
-    """Repeat each frame of x (B, T, C) durations[b, t] times → (B, frames, C)."""
+    """Repeat each frame of x (B, T, C) durations[b, t] times → (B, frames, C). The model's own ``forward`` path; the
+    serving paths expand ids on the host instead (``UnitVocoder.generator_input``), which reads nothing back."""
     totals = durations.sum(dim=1)
     if bool((totals != totals[0]).any()):
         raise ValueError(f"batched durations must give every sequence the same length, got {totals.tolist()}")
@@ -285,8 +292,7 @@ class CodeHiFiGAN(nn.Module):
         """(B, T) unit ids → (B, T) frames per unit, each >= 1."""
         if self.dur_predictor is None:
             raise ValueError("this vocoder has no duration predictor (config has no dur_predictor_params)")
-        log_durations = self.dur_predictor(self.dict(codes))  # (B, T)
-        return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
+        return frames_per_unit(self.dict, self.dur_predictor, codes)
 
     def forward(
         self,

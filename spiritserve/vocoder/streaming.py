@@ -135,10 +135,8 @@ class StreamingDecoder:
         self._hop = vocoder.hop
         self._needs_pitch = model.f0_dict is not None
         self._needs_style_units = model.style_dict is not None
-        # Device tensors are made at the first feed, on the speech worker: opening a stream (on the event loop)
-        # touches no device, so it never waits for a host-to-device copy behind the worker's GPU work.
-        self._speaker: torch.Tensor | None = None  # (1,)
-        self._style: torch.Tensor | None = None  # (1,), or None: no global style
+        # Opening a stream (on the event loop) makes no tensor: device work starts at the first feed, on the speech
+        # worker, and each feed sends its ids (speaker and style among them) to the device in one copy.
         self._fade_in = _raised_cosine(crossfade_samples)
 
         # Units whose durations are not committed yet, after up to DURATION_CONTEXT_UNITS committed ones.
@@ -147,8 +145,8 @@ class StreamingDecoder:
         self._style_units: list[int] = []
         self._context_units = 0  # how many leading entries of the lists above are already committed
         self._durations: list[int] = []
-        # Generator input for committed frames [_features_start, _frames_committed): (model_in_dim, frames); None
-        # until the first units are committed.
+        # Generator input from frame _features_start on: (model_in_dim, frames), None until the first units are
+        # committed; frames past _frames_committed (dropped by end_within) are never read.
         self._features: torch.Tensor | None = None
         self._features_start = 0
         self._frames_committed = 0
@@ -180,7 +178,8 @@ class StreamingDecoder:
         the rest. The kept units
         keep their committed durations (predicted with what followed), so the audio equals ``UnitVocoder.decode``
         of those units with those durations. Call between ``feed`` and ``emit``: the audio emitted so far then
-        ends at least the lookahead before the cut, so none of it saw the dropped units. Returns the units kept."""
+        ends at least the lookahead before the cut, so none of it saw the dropped units. Returns the units kept.
+        Touches no tensor (the pipeline calls it on the event loop)."""
         if self._finished:
             raise RuntimeError("end_within after the last audio: this stream is closed")
         kept, end_frame = 0, 0
@@ -190,8 +189,6 @@ class StreamingDecoder:
             kept, end_frame = kept + 1, end_frame + duration
         if end_frame < self._chunk_end:
             raise RuntimeError(f"audio up to frame {self._chunk_end} was emitted; cannot end at frame {end_frame}")
-        if self._features is not None:
-            self._features = self._features[:, : end_frame - self._features_start]
         self._durations = self._durations[:kept]
         self._frames_committed = end_frame
         self._unemitted_unit_ends = [end for end in self._unemitted_unit_ends if end <= end_frame]
@@ -265,7 +262,8 @@ class StreamingDecoder:
         first_sample = self._chunk_end * hop - len(self._tail)  # the held tail is regenerated and crossfaded
         window_start = max(0, first_sample // hop - self.left_context_frames)
         assert window_start >= self._features_start, "generator input dropped too early"
-        features = self._features[:, window_start - self._features_start :]  # (model_in_dim, frames)
+        start = self._features_start
+        features = self._features[:, window_start - start : self._frames_committed - start]  # (model_in_dim, frames)
         return GeneratorWindow(features, first_sample - window_start * hop, (end_frame - window_start) * hop)
 
     def take(self, audio: np.ndarray | None) -> np.ndarray:
@@ -331,39 +329,25 @@ class StreamingDecoder:
         """Fix the durations that can no longer change and append those units' generator input frames."""
         total = len(self._units)
         start = self._context_units
-        if self.predict_durations:
-            stop = total if final else max(start, total - DURATION_CONTEXT_UNITS)
-            if stop == start:
-                return
-            codes = torch.tensor([self._units], dtype=torch.long, device=self.vocoder.device)  # (1, context+new)
-            durations = self.vocoder.model.predict_durations(codes)[0, start:stop]  # (stop - start,)
+        stop = total if final or not self.predict_durations else max(start, total - DURATION_CONTEXT_UNITS)
+        if stop == start:
+            return
+        if self.predict_durations:  # on the host: Python ints, no wait for the device
+            durations = self.vocoder.predict_durations(self._units)[start:stop]
         else:
-            stop = total
-            if stop == start:
-                return
-            durations = torch.ones(stop - start, dtype=torch.long, device=self.vocoder.device)
+            durations = [1] * (stop - start)
 
-        def ids(values: list[int]) -> torch.LongTensor | None:
-            if not values:
-                return None
-            return torch.tensor([values[start:stop]], dtype=torch.long, device=self.vocoder.device)  # (1, n)
+        def span(values: list[int]) -> list[int] | None:
+            return values[start:stop] if values else None
 
-        if self._features is None:
-            device = self.vocoder.device
-            self._speaker = torch.tensor([self._request.speaker], dtype=torch.long, device=device)
-            if self._request.style is not None:
-                self._style = torch.tensor([self._request.style], dtype=torch.long, device=device)
-            self._features = torch.zeros(self.vocoder.model.config.model_in_dim, 0, device=device)
-        features = self.vocoder.model.frame_features(
-            ids(self._units),
-            self._speaker,
-            self._style,
-            durations[None],
-            f0_codes=ids(self._pitch),
-            style_codes=ids(self._style_units),
-        )[0]  # (model_in_dim, frames)
-        self._features = torch.cat([self._features, features], dim=1)
-        for duration in durations.tolist():
+        request = self._request
+        assert request.speaker is not None, "validated by open_stream"
+        features = self.vocoder.generator_input(
+            self._units[start:stop], durations, request.speaker, request.style,
+            span(self._pitch), span(self._style_units),
+        )  # fmt: skip
+        self._features = features if self._features is None else torch.cat([self._features, features], dim=1)
+        for duration in durations:
             self._durations.append(duration)
             self._frames_committed += duration
             self._unemitted_unit_ends.append(self._frames_committed)

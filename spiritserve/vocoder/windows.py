@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spiritserve.transfers import to_host
 from spiritserve.vocoder.hifigan import CodeHiFiGAN, HifiGanConfig
 
 if TYPE_CHECKING:
@@ -107,10 +108,10 @@ def generate_windows(
             part = group[first : first + rows]
             inputs = torch.stack([F.pad(windows[i].features, (0, width_to - windows[i].frames)) for i in part])
             if bucketed is None:
-                audio = model.generate(inputs).float().cpu().numpy()  # (len(part), width × hop)
+                audio = to_host(model.generate(inputs).float()).numpy()  # (len(part), width × hop)
             else:  # zero rows up to the bucket: independent batch items, dropped below
                 inputs = F.pad(inputs, (0, 0, 0, 0, 0, bucketed.bucket_rows(len(part)) - len(part)))
-                audio = bucketed(inputs).float().cpu().numpy()
+                audio = to_host(bucketed(inputs).float()).numpy()
             for row, index in enumerate(part):
                 kept[index] = audio[row, windows[index].keep_start : windows[index].keep_stop]
     return kept

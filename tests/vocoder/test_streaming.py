@@ -270,8 +270,8 @@ def test_padding_a_window_leaves_its_kept_audio_unchanged_and_a_true_end_is_neve
 
 
 def test_opening_a_stream_makes_no_tensor_so_the_event_loop_never_touches_the_device(base):
-    """The server opens streams on its event loop; tensors (device copies on a GPU) are made at the first feed,
-    on the speech worker. A stream with a global style still uses it."""
+    """The server opens streams and cuts them to the speech budget on its event loop; tensors (device copies on a
+    GPU) are made at the first feed, on the speech worker. A stream with a global style still uses it."""
     made: list[str] = []
 
     class RecordTorchCalls(torch.overrides.TorchFunctionMode):
@@ -284,3 +284,49 @@ def test_opening_a_stream_makes_no_tensor_so_the_event_loop_never_touches_the_de
     assert made == []
     styled = base.decode(VocodeRequest(UNITS, speaker=1, style=3)).audio
     np.testing.assert_allclose(np.concatenate(_stream(decoder, step=7)), styled, atol=1e-5)
+
+    budgeted = base.open_stream(speaker=1, style=3)
+    budgeted.feed(UNITS[:40])
+    with RecordTorchCalls():  # the speech budget's cut, also on the event loop
+        kept = budgeted.end_within(30)
+    assert made == []
+    cut = base.decode(VocodeRequest(UNITS[:kept], speaker=1, style=3, durations=budgeted.durations)).audio
+    np.testing.assert_allclose(budgeted.emit(), cut, atol=1e-5)  # the next emit flushes the rest
+
+
+@pytest.mark.parametrize("name", ["base", "expressive"])
+def test_host_durations_and_ids_equal_the_models_own_device_path(name, request):
+    """Durations predicted on the host copy, and ids expanded to frames on the host, give exactly the numbers the
+    model computes on its own device (both are the CPU here, so bit for bit)."""
+    vocoder: UnitVocoder = request.getfixturevalue(name)
+    codes = torch.tensor([UNITS])
+    with torch.inference_mode():
+        device_durations = vocoder.model.predict_durations(codes)  # (1, T)
+        assert vocoder.predict_durations(UNITS) == device_durations[0].tolist()
+        extra = (
+            {"f0_codes": torch.tensor([PITCH]), "style_codes": torch.tensor([STYLE])} if name == "expressive" else {}
+        )
+        style = None if name == "expressive" else torch.tensor([4])
+        expected = vocoder.model.frame_features(codes, torch.tensor([SPEAKER]), style, device_durations, **extra)[0]
+        pitch, style_units = (PITCH, STYLE) if name == "expressive" else (None, None)
+        host = vocoder.generator_input(UNITS, device_durations[0].tolist(), SPEAKER, None if style is None else 4,
+                                       pitch, style_units)  # fmt: skip
+    assert torch.equal(host, expected)
+
+
+def test_a_feed_reads_nothing_back_from_the_device(tmp_path):
+    """A streaming feed (durations, generator input) never waits for the device: here the vocoder's device is
+    `meta`, whose tensors hold no values, so any read (`.tolist()`, `.item()`, `bool()`, a copy to the host) in
+    the feed would raise. Only the host's duration predictor holds real weights."""
+    write_tiny_base_vocoder(tmp_path, seed=0)
+    vocoder = UnitVocoder.from_dir(tmp_path)
+    expected = vocoder.decode(VocodeRequest(UNITS, SPEAKER, 3)).durations
+    vocoder.model.to("meta")
+    vocoder.device = torch.device("meta")
+    decoder = vocoder.open_stream(SPEAKER, 3)
+    for start in range(0, len(UNITS), 5):
+        decoder.feed(UNITS[start : start + 5])
+    decoder.feed([], final=True)
+    assert decoder.durations == expected and decoder.ready
+    window = decoder.next_window()
+    assert window is not None and window.features.device.type == "meta"
