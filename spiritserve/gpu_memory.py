@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from spiritserve.audio import SAMPLE_RATE
+from spiritserve.engine.engine import WEIGHT_BYTES
 from spiritserve.errors import SpiritServeError
 from spiritserve.tokenizers.speech import SpeechTokenizer
 from spiritserve.tokens import STREAM_RATES
@@ -116,7 +117,7 @@ def share_gpu(
     workload: Callable[[], None], engine_fraction: float, lm_parameters: int, engine_dtype: str
 ) -> GpuMemoryPlan:
     """Measure the speech stages on `workload`, plan the GPU, and cap this process at its share."""
-    weight_bytes = lm_parameters * (4 if engine_dtype in ("float32", "float") else 2)
+    weight_bytes = lm_parameters * WEIGHT_BYTES[engine_dtype]
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     plan = plan_gpu_memory(total, measure_peak_bytes(workload), engine_fraction, weight_bytes)
     torch.cuda.set_per_process_memory_fraction(plan.speech_fraction)

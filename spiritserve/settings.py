@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from spiritserve.engine.engine import EngineSettings
+from spiritserve.engine.engine import EngineDtype, EngineSettings
 from spiritserve.numerics import Precision
 from spiritserve.server.admission import Admission
 
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     engine_failover_s: float = Field(
         10.0, ge=0, description="remote engine: how long a request that got no token yet is retried on engine failure"
     )
-    engine_dtype: str = "bfloat16"
+    engine_dtype: EngineDtype = Field("bfloat16", description="the LM's dtype in vLLM ('auto': 16-bit, vLLM's rule)")
     engine_max_model_len: int = Field(4096, gt=0)
     engine_max_num_seqs: int = Field(64, gt=0)
     engine_kv_cache_bytes: int | None = Field(

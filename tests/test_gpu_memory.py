@@ -1,9 +1,13 @@
 """Sharing one GPU between the speech stages and vLLM: the start-up arithmetic."""
 
+import typing
+
 import pytest
 import torch
+from pydantic import ValidationError
 
 from spiritserve.checkpoints import open_checkpoint
+from spiritserve.engine.engine import WEIGHT_BYTES, EngineDtype
 from spiritserve.gpu_memory import (
     CONTEXT_RESERVE_BYTES,
     GIB,
@@ -13,6 +17,7 @@ from spiritserve.gpu_memory import (
     plan_gpu_memory,
     speech_workload,
 )
+from spiritserve.settings import Settings
 from spiritserve.tokenizers.speech import SpeechTokenizer
 from spiritserve.vocoder.base import UnitVocoder
 
@@ -63,3 +68,10 @@ def test_the_language_models_parameter_count_is_read_from_its_config(tiny_bundle
     model = open_checkpoint(tiny_bundle).language_model
     weights = torch.load(model.path / "pytorch_model.bin", weights_only=True)
     assert model.parameter_count == sum(tensor.numel() for tensor in weights.values())
+
+
+def test_every_engine_dtype_vllm_takes_has_its_weight_size_and_others_are_refused():
+    assert set(typing.get_args(EngineDtype)) == set(WEIGHT_BYTES)
+    assert Settings(engine_dtype="float32").engine_settings(on_cpu=True).dtype == "float32"
+    with pytest.raises(ValidationError, match="engine_dtype"):
+        Settings(engine_dtype="fp8")

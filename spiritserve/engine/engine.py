@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from spiritserve.errors import EngineUnavailableError
 
@@ -26,11 +26,17 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 50
 
 
+# vLLM's names for the LM's dtype and the bytes each weight then takes: "auto" runs a float32 or float16 checkpoint
+# in float16 and a bfloat16 one in bfloat16 (vLLM's rule), so 16 bits either way.
+EngineDtype = Literal["auto", "bfloat16", "float16", "half", "float32", "float"]
+WEIGHT_BYTES: dict[str, int] = {"auto": 2, "bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """How vLLM is started. Defaults suit the 7B model on one GPU; the CPU values suit tiny test bundles."""
 
-    dtype: str = "bfloat16"
+    dtype: EngineDtype = "bfloat16"
     max_model_len: int = 4096
     max_num_seqs: int = 64
     kv_cache_memory_bytes: int | None = None
