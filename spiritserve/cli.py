@@ -1,5 +1,5 @@
 """Command line: `spiritserve` serve, make-tiny, chat, soak, bench, bench-components, check-precision, check-batching,
-check-contention.
+check-contention, eval.
 
 Import-safe: vLLM spawns worker processes that re-import the main module, so nothing runs at import.
 """
@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from spiritserve.evaluation import command as eval_command
 from spiritserve.tools import batch_check, bench, chat, contention, load, precision, soak
 
 
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     soak.add_parser(commands)  # soak
     load.add_parser(commands)  # bench (load generator)
     contention.add_parser(commands)  # check-contention
+    eval_command.add_parser(commands)  # eval (benchmarks against a running server)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
