@@ -24,13 +24,13 @@ COPY spiritserve ./spiritserve
 # Add spiritserve and only what the image lacks: every distribution already installed is pinned at its installed
 # version (torch and vllm stay the image's CUDA builds; a conflicting range fails the build instead of replacing
 # them), anything new at its requirements.lock version. torchfcpe goes in without dependencies (its weights only;
-# its code imports torchaudio and is never imported). The image's Python is 3.12 and spiritserve declares 3.11:
-# --ignore-requires-python. vllm-router comes along, so one image runs every tier of remote engine mode (gateway,
+# its code imports torchaudio and is never imported). The image's Python is 3.12, which spiritserve declares (and CI
+# tests: scripts/test-py312.sh). vllm-router comes along, so one image runs every tier of remote engine mode (gateway,
 # `vllm serve` engines, router; docs/scaling.md). The last two lines prove torch/vllm unchanged and the server
 # importable.
 RUN python3 -c "import torch, vllm; print(torch.__version__, vllm.__version__)" > /tmp/engine-before.txt \
  && python3 deploy/docker/image_constraints.py requirements.lock /tmp/constraints.txt \
- && python3 -m pip install --no-cache-dir --ignore-requires-python --constraint /tmp/constraints.txt . \
+ && python3 -m pip install --no-cache-dir --constraint /tmp/constraints.txt . \
         "$(grep -E '^vllm-router==' requirements.lock)" \
  && python3 -m pip install --no-cache-dir --no-deps "$(grep -E '^torchfcpe==' requirements.lock)" \
  && python3 -c "import torch, vllm; print(torch.__version__, vllm.__version__)" | cmp - /tmp/engine-before.txt \
