@@ -9,7 +9,7 @@ nothing about it. Its score is the sum of the LM's log-probabilities of those to
 the token-normalised score divides by their count (the paper's Table 4 uses the latter).
 
 Every candidate is one engine request with vLLM's prompt log-probabilities; they go to the engine together and
-run in the same batches.
+run in the same batches, after one prefill of a long prompt that they then read from the engine's prefix cache.
 """
 
 import asyncio
@@ -22,6 +22,9 @@ from spiritserve.pipeline import GenerationInput, SpiritPipeline
 from spiritserve.tokens import Modality, OutputModality, PromptSegment, build_prompt
 
 LEADING_SPACE_PIECE = "▁"  # SentencePiece's dummy prefix: the reference's prompts start with it alone
+# A prompt this long is prefilled once before its candidates, which then read it from the engine's prefix cache
+# rather than each computing it again; a shorter one costs less to recompute than the extra round trip.
+SHARED_PREFILL_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -82,21 +85,20 @@ async def score_segments(
             raise BadRequestError(
                 f"the prompt with candidate {index} is {len(ids)} tokens long; the model's context holds {context - 1}"
             )
-    timeout_s = pipeline.limits.generation_timeout_s
+    engine, timeout_s = pipeline.engine, pipeline.limits.generation_timeout_s
+    if len(candidates) > 1 and len(prompt_ids) >= SHARED_PREFILL_TOKENS:
+        await engine.prompt_logprobs(prompt_ids, len(prompt_ids), f"{request_id}-prompt", timeout_s)
     try:
         async with asyncio.TaskGroup() as group:  # a failure cancels the others, which aborts their engine requests
             tasks = [
-                group.create_task(pipeline.engine.prompt_logprobs(ids, f"{request_id}-{index}", timeout_s))
-                for index, (ids, _) in enumerate(spans)
+                group.create_task(engine.prompt_logprobs(ids, start, f"{request_id}-{index}", timeout_s))
+                for index, (ids, start) in enumerate(spans)
             ]
     except ExceptionGroup as failures:
         raise failures.exceptions[0] from None
     return Scores(
         len(prompt_ids),
-        [
-            CandidateScore(sum(task.result()[start - 1 :]), len(ids) - start)  # result[k] scores ids[k + 1]
-            for task, (ids, start) in zip(tasks, spans, strict=True)
-        ],
+        [CandidateScore(sum(task.result()), len(ids) - start) for task, (ids, start) in zip(tasks, spans, strict=True)],
     )
 
 

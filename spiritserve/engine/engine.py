@@ -93,10 +93,13 @@ class LanguageModelEngine(Protocol):
         when the engine cannot take it."""
         ...
 
-    async def prompt_logprobs(self, prompt_ids: list[int], request_id: str, timeout_s: float) -> list[float]:
-        """The model's log-probability of each prompt token after the first given the tokens before it (its raw
-        distribution: no allowed-ids mask, no temperature): `len(prompt_ids) - 1` values. Raises
-        EngineUnavailableError when the engine cannot take it or does not answer within `timeout_s`."""
+    async def prompt_logprobs(self, prompt_ids: list[int], first: int, request_id: str, timeout_s: float) -> (
+        list[float]
+    ):  # fmt: skip
+        """The model's log-probability of each prompt token from position `first` on (1 or more) given the tokens
+        before it, in its raw distribution (no allowed-ids mask, no temperature): `len(prompt_ids) - first`
+        values. The tokens before `first` may come from the engine's prefix cache. Raises EngineUnavailableError
+        when the engine cannot take it or does not answer within `timeout_s`."""
         ...
 
     async def close(self) -> None: ...
@@ -194,10 +197,20 @@ class InProcessEngine:
                 await self._llm.abort(request_id)
             await outputs.aclose()
 
-    async def prompt_logprobs(self, prompt_ids: list[int], request_id: str, timeout_s: float) -> list[float]:
+    async def prompt_logprobs(self, prompt_ids: list[int], first: int, request_id: str, timeout_s: float) -> (
+        list[float]
+    ):  # fmt: skip
         """One prefill with vLLM's `prompt_logprobs` (0: only the prompt's own token per position) and a single
-        greedy token that is thrown away. vLLM recomputes the whole prompt for such a request (its cached prefix
-        blocks would not give the cached positions' log-probabilities), so a shared prefix is not reused."""
+        greedy token that is thrown away. vLLM would recompute the whole prompt of such a request by default;
+        here it reads its prefix cache, whose positions get no log-probability (their entries are not filled),
+        so a request whose cache hit reaches `first` is run once more without the cache."""
+        output = await self._prefill(prompt_ids, request_id, timeout_s, use_cache=True)
+        if output.num_cached_tokens > first:
+            output = await self._prefill(prompt_ids, f"{request_id}-uncached", timeout_s, use_cache=False)
+        positions = output.prompt_logprobs
+        return [positions[index][prompt_ids[index]].logprob for index in range(first, len(prompt_ids))]
+
+    async def _prefill(self, prompt_ids: list[int], request_id: str, timeout_s: float, use_cache: bool) -> Any:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -205,7 +218,12 @@ class InProcessEngine:
         if self._llm.errored:
             raise EngineUnavailableError("the language-model engine has stopped; the server needs a restart")
         params = SamplingParams(
-            max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            skip_reading_prefix_cache=not use_cache,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
         outputs = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
         final, finished = None, False
@@ -222,7 +240,7 @@ class InProcessEngine:
             await outputs.aclose()
         if final is None or final.prompt_logprobs is None:
             raise EngineUnavailableError("the language-model engine returned no prompt log-probabilities")
-        return [position[token_id].logprob for token_id, position in zip(prompt_ids[1:], final.prompt_logprobs[1:])]
+        return final
 
     async def close(self) -> None:
         self._llm.shutdown()

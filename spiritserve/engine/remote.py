@@ -153,9 +153,12 @@ class RemoteEngine:
         finally:
             await response.aclose()  # before the end: the engine sees the client leave and aborts the request
 
-    async def prompt_logprobs(self, prompt_ids: list[int], request_id: str, timeout_s: float) -> list[float]:
+    async def prompt_logprobs(self, prompt_ids: list[int], first: int, request_id: str, timeout_s: float) -> (
+        list[float]
+    ):  # fmt: skip
         """vLLM's `prompt_logprobs` (0: only the prompt's own token per position) on one non-streamed completion
-        of a single greedy token, which is thrown away."""
+        of a single greedy token, which is thrown away. The OpenAI API cannot ask vLLM to read its prefix cache
+        for such a request, so the engine recomputes the whole prompt."""
         if not self._healthy:
             raise EngineUnavailableError("the language-model engine is unavailable")
         body = {"model": self.model_id, "prompt": prompt_ids, "max_tokens": 1, "temperature": 0.0,
@@ -168,7 +171,7 @@ class RemoteEngine:
                 await response.aread()
             positions = response.json()["choices"][0]["prompt_logprobs"]
             # JSON object keys are strings: each position maps the prompt's token id to its log-probability
-            return [position[str(token_id)]["logprob"] for token_id, position in zip(prompt_ids[1:], positions[1:])]
+            return [positions[index][str(prompt_ids[index])]["logprob"] for index in range(first, len(prompt_ids))]
         except TimeoutError:
             raise self._unavailable("no answer before the request's deadline") from None
         except httpx.HTTPError as exc:

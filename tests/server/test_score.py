@@ -81,6 +81,25 @@ def test_text_continuations_score_as_transformers_does(client: httpx.Client, ref
     assert body["best_normalized"] == normalized.index(max(normalized))
 
 
+def prefix_cache_hits(client: httpx.Client) -> float:
+    lines = client.get("/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("vllm:prefix_cache_hits_total"))
+
+
+def test_candidates_of_a_long_prompt_read_it_from_the_prefix_cache(client: httpx.Client, reference: ReferenceLM):
+    """The prompt is prefilled once; each candidate reads it from vLLM's prefix cache (whose positions have no
+    log-probabilities) and is scored from the engine's own computation of its tokens, as without the cache."""
+    story = "The old lighthouse keeper climbed the stairs every evening to light the lamp. " * 20
+    endings = [" Then he slept.", " The ships were safe that night, as always.", " Nobody"]
+    before = prefix_cache_hits(client)
+    body = score(client, [text(story)], [text(ending) for ending in endings])
+    assert body["prompt_tokens"] > 256  # more than two of the CPU engine's 128-token cache blocks
+    for entry, ending in zip(body["scores"], endings, strict=True):
+        assert_close(entry, reference.logprob("[Text]" + story, ending))
+    # each candidate found at least the prompt's whole blocks in the cache
+    assert prefix_cache_hits(client) - before >= len(endings) * 256
+
+
 def test_speech_candidates_after_text_skip_the_marker(client: httpx.Client, reference: ReferenceLM) -> None:
     """Speech after text starts with [Speech]: the marker is context, the units are the candidate."""
     candidates = [[12, 7, 99, 3], [400, 401, 402, 403, 404, 405]]
