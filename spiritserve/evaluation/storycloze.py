@@ -26,7 +26,6 @@ with no release WAVs, S uses the manifest's spoken prompt and endings instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -44,6 +43,7 @@ from spiritserve.evaluation.tasks import (
     choice_result,
     first,
     paper_figure,
+    read_jsonl,
     require,
     score_items,
     selected_modalities,
@@ -80,21 +80,13 @@ def released_pairs(folder: Path) -> list[ChoiceItem]:
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
-    require(path)
     records = []
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise DatasetError(f"{path}:{number}: not JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get("endings"), list):
-                raise DatasetError(f'{path}:{number}: needs at least "prompt" and "endings" (a list)')
-            record.setdefault("id", str(number))
-            record["_line"] = number
-            records.append(record)
+    for number, record in read_jsonl(path):
+        if not isinstance(record.get("endings"), list):
+            raise DatasetError(f'{path}:{number}: needs at least "prompt" and "endings" (a list)')
+        record.setdefault("id", str(number))
+        record["_line"] = number
+        records.append(record)
     return records
 
 

@@ -33,7 +33,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -51,7 +50,7 @@ from spiritserve.audio import SAMPLE_RATE, decode_audio, encode_wav
 from spiritserve.errors import SpiritServeError
 from spiritserve.evaluation.client import EvalClient, audio_item, text_item
 from spiritserve.evaluation.report import TaskResult
-from spiritserve.evaluation.tasks import DatasetError, EvalOptions, progress_bar
+from spiritserve.evaluation.tasks import DatasetError, EvalOptions, progress_bar, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -147,18 +146,10 @@ class Subset:
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise StspError(f"STSP: missing {path}")
-    records = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StspError(f"STSP: {path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise StspError(f"STSP: {path}:{number}: not a JSON object")
-            records.append((number, record))
+    try:
+        records = list(read_jsonl(path))
+    except DatasetError as exc:
+        raise StspError(f"STSP: {exc}") from None
     if not records:
         raise StspError(f"STSP: {path} has no records")
     return records

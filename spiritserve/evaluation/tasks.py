@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
+import json
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,23 @@ def require(path: Path, what: str = "dataset file") -> Path:
     if not path.exists():
         raise DatasetError(f"missing {what}: {path}")
     return path
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; a DatasetError naming the file and the
+    line for one that is not a JSON object."""
+    require(path)
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise DatasetError(f"{path}:{number}: not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise DatasetError(f"{path}:{number}: not a JSON object")
+            yield number, record
 
 
 # ---- items scored by likelihood ----------------------------------------------------------------------------

@@ -19,7 +19,6 @@ repository) or `blimp/*.jsonl` under `--data`; without it, the sBLIMP gold's `tr
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from spiritserve.evaluation.tasks import (
     choice_result,
     first,
     paper_figure,
+    read_jsonl,
     require,
     score_items,
     selected_modalities,
@@ -138,17 +138,12 @@ def blimp_files(data_dir: Path) -> list[Path]:
 
 def read_blimp(files: list[Path]) -> Iterator[ChoiceItem]:
     for path in files:
-        with path.open(encoding="utf-8") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    good, bad = record["sentence_good"], record["sentence_bad"]
-                except (ValueError, KeyError, TypeError):
-                    raise DatasetError(f"{path}:{number}: not a BLiMP line (sentence_good, sentence_bad)") from None
-                key = f"{record.get('UID', path.stem)}/{record.get('pair_id', number - 1)}"
-                yield ChoiceItem(key, (), (Text(good), Text(bad)))
+        for number, record in read_jsonl(path):
+            good, bad = record.get("sentence_good"), record.get("sentence_bad")
+            if not isinstance(good, str) or not isinstance(bad, str):
+                raise DatasetError(f"{path}:{number}: not a BLiMP line (sentence_good, sentence_bad)")
+            key = f"{record.get('UID', path.stem)}/{record.get('pair_id', number - 1)}"
+            yield ChoiceItem(key, (), (Text(good), Text(bad)))
 
 
 async def run_sblimp(client: EvalClient, data_dir: Path, options: EvalOptions) -> list[TaskResult]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spiritserve.cli import main
-from spiritserve.evaluation.tasks import TASKS
+from spiritserve.evaluation.tasks import TASKS, DatasetError, read_jsonl
 from tests.evaluation.datasets import make_mmlu, make_storycloze, make_zerospeech
 from tests.evaluation.proxy import RecordingProxy
 
@@ -174,3 +174,13 @@ def test_registry_imports_without_task_modules() -> None:
 
     with pytest.raises(EvalError, match="not available in this build"):
         Task("ghost", "spiritserve.evaluation.ghost:run", "", ("text",)).load()
+
+
+def test_a_bad_json_lines_record_is_named_by_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "phenomenon.jsonl"
+    path.write_text('{"sentence_good": "a", "sentence_bad": "b"}\n\n[1, 2]\n')
+    with pytest.raises(DatasetError, match=rf"{path}:3: not a JSON object"):
+        list(read_jsonl(path))
+    path.write_text("{oops\n")
+    with pytest.raises(DatasetError, match=rf"{path}:1: not JSON"):
+        list(read_jsonl(path))
