@@ -202,10 +202,11 @@ class InProcessEngine:
     ):  # fmt: skip
         """One prefill with vLLM's `prompt_logprobs` (0: only the prompt's own token per position) and a single
         greedy token that is thrown away. vLLM would recompute the whole prompt of such a request by default;
-        here it reads its prefix cache, whose positions get no log-probability (their entries are not filled),
-        so a request whose cache hit reaches `first` is run once more without the cache."""
+        here it reads its prefix cache. A token's log-probability comes from the logits of the position before
+        it, and cached positions have none (their entries are left unfilled), so the first `num_cached_tokens + 1`
+        entries are unusable: a request whose cache hit reaches `first` is run once more without the cache."""
         output = await self._prefill(prompt_ids, request_id, timeout_s, use_cache=True)
-        if output.num_cached_tokens > first:
+        if output.num_cached_tokens >= first:
             output = await self._prefill(prompt_ids, f"{request_id}-uncached", timeout_s, use_cache=False)
         positions = output.prompt_logprobs
         return [positions[index][prompt_ids[index]].logprob for index in range(first, len(prompt_ids))]

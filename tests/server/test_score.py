@@ -100,6 +100,19 @@ def test_candidates_of_a_long_prompt_read_it_from_the_prefix_cache(client: httpx
     assert prefix_cache_hits(client) - before >= len(endings) * 256
 
 
+def test_a_cache_hit_up_to_the_candidate_is_not_read_as_scores(client: httpx.Client, reference: ReferenceLM) -> None:
+    """A prompt of exactly two whole cache blocks (BOS, "▁", [Speech] and 253 units: 256 tokens): each candidate
+    finds all of it cached, and the first candidate token's log-probability would need the cached last position's
+    logits, which a cached request does not have: it must be computed again, not read as an empty entry."""
+    prompt = [5 + (index * 7) % 400 for index in range(253)]
+    candidates = [[11, 12, 13], [300, 301]]
+    body = score(client, [speech_tokens(prompt)], [speech_tokens(units) for units in candidates])
+    assert body["prompt_tokens"] == 256
+    for entry, units in zip(body["scores"], candidates, strict=True):
+        context = "[Speech]" + "".join(f"[Hu{unit}]" for unit in prompt)
+        assert_close(entry, reference.logprob(context, "".join(f"[Hu{unit}]" for unit in units)))
+
+
 def test_speech_candidates_after_text_skip_the_marker(client: httpx.Client, reference: ReferenceLM) -> None:
     """Speech after text starts with [Speech]: the marker is context, the units are the candidate."""
     candidates = [[12, 7, 99, 3], [400, 401, 402, 403, 404, 405]]
