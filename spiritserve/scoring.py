@@ -113,8 +113,8 @@ class LabelledExample:
 def classification_prompt(examples: list[LabelledExample], query: list[PromptSegment]) -> list[PromptSegment]:
     """Examples, then the query, each input followed by its label as text; the label candidates follow the query.
 
-    Speech inputs are followed by `[TEXT]` and the label, the paper's intent-classification layout
-    (`[SPEECH]<speech>[TEXT]<label>`, spiritlm-compat.md §11.1); a text input gets a newline before its label,
+    Speech inputs are followed by `[Text]` and the label, the paper's intent-classification layout
+    (`[Speech]<speech>[Text]<label>`, spiritlm-compat.md §11.1); a text input gets a newline before its label,
     and a text input after a label starts on a new line (consecutive texts would otherwise run together).
     """
     segments: list[PromptSegment] = []

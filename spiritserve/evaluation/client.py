@@ -48,7 +48,7 @@ class EvalServerError(EvalError):
 class CandidateScore:
     index: int
     logprob: float  # sum of the LM's log-probabilities of the candidate's tokens (raw distribution)
-    tokens: int  # how many tokens the candidate has after the prompt (its modality marker included)
+    tokens: int  # how many tokens the candidate has after the prompt (a leading modality marker not counted)
     normalized_logprob: float  # logprob / tokens
 
 

@@ -110,7 +110,7 @@ def _fail(message: str, code: int) -> None:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from spiritserve.evaluation.client import EvalConnectionError, EvalError
+    from spiritserve.evaluation.client import EvalError
     from spiritserve.evaluation.report import default_output, print_table, write_json
     from spiritserve.evaluation.tasks import TASKS, DatasetError, EvalOptions
 
@@ -153,10 +153,7 @@ def run_command(args: argparse.Namespace) -> None:
     except DatasetError as exc:
         _fail(str(exc), 2)
         return
-    except EvalConnectionError as exc:
-        _fail(str(exc), 1)
-        return
-    except EvalError as exc:
+    except EvalError as exc:  # the server unreachable, or answering an error
         _fail(str(exc), 1)
         return
     meta["seconds"] = round(time.monotonic() - started, 3)

@@ -19,7 +19,7 @@ def wilson_interval(correct: float, total: int, z: float = Z_95) -> tuple[float,
     small (`--limit`, STSP's 54-item EXPRESSO-READ) and some accuracies sit near 0 or 1 (tTopic-SC is 98 %),
     where Wald's interval collapses to zero width or leaves [0, 1] and covers far less than 95 %. Wilson's stays
     inside [0, 1], is never empty, and keeps close to its nominal coverage down to a handful of items, without
-    the over-wide intervals of the exact Clopper-Pearson one. `correct` may be fractional (ties scored as half).
+    the over-wide intervals of the exact Clopper-Pearson one.
     """
     if total <= 0:
         return 0.0, 1.0
@@ -62,30 +62,6 @@ class TaskResult:
             raise ValueError(f"{task}/{subset}: no items were evaluated")
         low, high = wilson_interval(correct, total)
         return cls(task, subset, correct, total, correct / total, low, high, paper, dict(extra or {}))
-
-    @classmethod
-    def from_runs(
-        cls,
-        task: str,
-        subset: str,
-        accuracies: list[float],
-        total: int,
-        paper: float | None = None,
-        extra: dict[str, Any] | None = None,
-        interval: tuple[float, float] | None = None,
-    ) -> TaskResult:
-        """The mean of several runs' accuracies (STSP averages three), each run over `total` items. The interval
-        is the caller's when given (e.g. from the spread of the runs); else Wilson's over all runs' items pooled."""
-        if not accuracies or total <= 0:
-            raise ValueError(f"{task}/{subset}: no runs were evaluated")
-        mean = sum(accuracies) / len(accuracies)
-        low, high = (
-            interval
-            if interval is not None
-            else wilson_interval(mean * total * len(accuracies), total * len(accuracies))
-        )
-        extra = {"runs": list(accuracies), **(extra or {})}
-        return cls(task, subset, mean * total, total, mean, low, high, paper, extra)
 
 
 def _percent(value: float | None) -> str:

@@ -110,7 +110,7 @@ def manifest_item(folder: Path, manifest: Path, record: dict[str, Any], modality
     candidates: tuple[Part, ...]
     if ending_modality == "text":
         # Text after text is joined with no separator: the space between the story and its ending is ours.
-        # After a spoken story the [TEXT] marker separates them.
+        # After a spoken story the [Text] marker separates them.
         space = " " if prompt_modality == "text" else ""
         candidates = tuple(Text(space + str(ending).strip()) for ending in endings)
     else:

@@ -309,18 +309,10 @@ def first(items: Iterable[ChoiceItem], limit: int | None) -> list[ChoiceItem]:
     return list(items if limit is None else itertools.islice(items, limit))
 
 
-class _NoBar:
-    def update(self, count: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def progress_bar(total: int, description: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr (disabled: a no-op object with the same update/close)."""
-    if not enabled:
-        return _NoBar()
+    """A tqdm bar on stderr; disabled, tqdm's own no-op bar (the same update/close)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="item", file=sys.stderr, dynamic_ncols=True, leave=True)
+    return tqdm(
+        total=total, desc=description, unit="item", file=sys.stderr, dynamic_ncols=True, leave=True, disable=not enabled
+    )

@@ -59,7 +59,7 @@ async def classify(request: Request, body: ClassifyRequest, pipeline: PipelineDe
     """The most likely label for speech or text, by the likelihood of each label as its continuation.
 
     With a classification pool configured (`SPIRITSERVE_CLASSIFY_EXAMPLES`), its examples come first, each input
-    followed by its label (`[SPEECH]<speech>[TEXT]<label>`, the paper's intent-classification layout); `shots`
+    followed by its label (`[Speech]<speech>[Text]<label>`, the paper's intent-classification layout); `shots`
     takes the first N of them, 0 none. `labels` defaults to the pool's labels."""
     pool: list[LabelledExample] = request.app.state.classify_examples
     examples = pool if body.shots is None else pool[: body.shots]

@@ -33,18 +33,12 @@ def test_wilson_interval_stays_inside_0_1_and_shrinks_with_n() -> None:
     )
 
 
-def test_task_result_from_counts_and_runs() -> None:
+def test_task_result_from_counts() -> None:
     result = TaskResult.from_counts("swuggy", "speech", 7, 10, paper=0.69)
     assert result.accuracy == pytest.approx(0.7)
     assert result.ci_low < 0.7 < result.ci_high
     with pytest.raises(ValueError, match="no items"):
         TaskResult.from_counts("swuggy", "speech", 0, 0)
-    averaged = TaskResult.from_runs("stsp", "speech", [0.5, 0.6, 0.7], total=54, interval=(0.4, 0.8))
-    assert averaged.accuracy == pytest.approx(0.6)
-    assert (averaged.ci_low, averaged.ci_high) == (0.4, 0.8)
-    assert averaged.extra["runs"] == [0.5, 0.6, 0.7]
-    pooled = TaskResult.from_runs("stsp", "speech", [0.5, 0.5], total=10)
-    assert (pooled.ci_low, pooled.ci_high) == pytest.approx(wilson_interval(10, 20))
 
 
 def test_table_and_json(tmp_path) -> None:
