@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from spiritserve.cli import main
+from spiritserve.evaluation.command import TASK_NAMES
 from spiritserve.evaluation.tasks import TASKS, DatasetError, read_jsonl
 from tests.evaluation.datasets import make_mmlu, make_storycloze, make_zerospeech
 from tests.evaluation.proxy import RecordingProxy
@@ -170,6 +171,7 @@ def test_cli_errors(proxy: RecordingProxy, tmp_path: Path, capsys: pytest.Captur
 
 def test_registry_imports_without_task_modules() -> None:
     assert TASKS["stsp"].target == "spiritserve.evaluation.stsp:run"
+    assert TASK_NAMES == tuple(TASKS)  # the CLI's help lists the registry without importing it
     from spiritserve.evaluation.client import EvalError
     from spiritserve.evaluation.tasks import Task
 
